@@ -1,0 +1,1 @@
+"""Executors run the pipeline's steps on a machine (local) or a cluster (later: Ray)."""

@@ -1,0 +1,91 @@
+"""Helpers shared by the readers: parsing numbers and ids the way real label files need, keys, duplicates."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from cotforge.types import SCALES, ClipRef
+
+SPLITS = ("train", "valid", "test")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".flv", ".m4v")
+
+
+class RowError(ValueError):
+    """A single row is unusable; it becomes a failed clip with this message as reason."""
+
+
+def parse_float(value: str | float | int | None, column: str, required: bool) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        if required:
+            raise RowError(f"{column} is empty")
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise RowError(f"{column} is not a number: {value!r}") from None
+    if math.isnan(number) or math.isinf(number):
+        if required:
+            raise RowError(f"{column} is not a finite number: {value!r}")
+        return None
+    return number
+
+
+def parse_id(value: object) -> str:
+    """Ids are text: '0001' must stay '0001', and a float-formatted '11.0' from a pandas round trip is 11."""
+    text = "" if value is None else str(value).strip()
+    if text.endswith(".0") and text[:-2].isdigit():
+        text = text[:-2]
+    return text
+
+
+def default_range(dataset: str) -> tuple[float, float]:
+    scale = SCALES.get(dataset, SCALES["mosi"])
+    return (scale.low, scale.high)
+
+
+def check_range(label: float, low: float, high: float, dataset: str) -> None:
+    if not low <= label <= high:
+        raise RowError(f"label out of range [{low:g}, {high:g}] for {dataset}: {label:g}")
+
+
+def normalise_split(value: str) -> str:
+    split = value.strip().lower()
+    if split not in SPLITS:
+        raise RowError(f"split (mode) is not train/valid/test: {value!r}")
+    return split
+
+
+def resolve_clip_file(folder: Path, clip_id: str, listing: dict[Path, list[Path]]) -> Path | None:
+    """Find Raw/<video>/<clip>.<ext>, tolerating ids whose zero padding was lost (0001 vs 1).
+
+    `listing` caches a folder's files so a dataset of 20k clips does not list a folder per row.
+    """
+    direct = folder / f"{clip_id}.mp4"
+    if direct.is_file():
+        return direct
+    if folder not in listing:
+        listing[folder] = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    files = listing[folder]
+    for path in files:
+        if path.stem == clip_id and path.suffix.lower() in VIDEO_EXTENSIONS:
+            return path
+    if clip_id.isdigit():
+        for path in files:
+            if path.stem.isdigit() and int(path.stem) == int(clip_id) and path.suffix.lower() in VIDEO_EXTENSIONS:
+                return path
+    return None
+
+
+class KeyRegistry:
+    """Makes keys unique: a repeated key is kept as a failed row under a suffixed key, never dropped."""
+
+    def __init__(self) -> None:
+        self._first_line: dict[str, int] = {}
+
+    def claim(self, ref: ClipRef) -> ClipRef:
+        first = self._first_line.setdefault(ref.key, ref.line)
+        if first != ref.line:
+            ref.error = ref.error or f"duplicate key: {ref.key} (first seen at line {first})"
+            ref.key = f"{ref.key}#dup-line{ref.line}"
+        return ref
