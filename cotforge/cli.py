@@ -180,3 +180,7 @@ def status(
         for (stage, kind), (n, texts) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
             reasons.add_row(stage, kind, str(n), "\n".join(texts[:examples]))
         out.print(reasons)
+
+
+if __name__ == "__main__":
+    app()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 SourceKind = Literal["mosi", "mosei", "sims", "simsv2", "manifest"]
 
@@ -128,3 +128,133 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
             node = child
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
     return data
+
+
+class TeacherConfig(Section):
+    """How the teacher is asked. The API key comes from COTFORGE_TEACHER_API_KEY or here, and is never written out."""
+
+    url: str = Field(default="http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (vLLM: http://host:8000/v1)")
+    model: str = Field(default="Qwen/Qwen3-Omni-30B-A3B-Instruct", description="served model name")
+    api_key: SecretStr | None = Field(default=None, description="bearer token; prefer env COTFORGE_TEACHER_API_KEY")
+    backend: Literal["openai", "vllm-offline"] = Field(default="openai", description="HTTP client or in-process vLLM engine")
+    concurrency: int = Field(
+        default=64, ge=1, le=4096, description="requests in flight; about 1-2 x the server's max_num_seqs keeps its batch full"
+    )
+    timeout_s: float = Field(default=300.0, gt=0, description="per-request timeout, seconds")
+    max_retries: int = Field(default=6, ge=0, le=50, description="retries on 429/5xx/timeouts/connection errors")
+    backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each retry, with jitter, capped at 30 s")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=1024, ge=16, description="completion token budget")
+    seed: int | None = Field(default=1234, description="sampling seed sent with each request (None: not sent)")
+    samples: int = Field(default=1, ge=1, le=16, description="samples per request (OpenAI `n`)")
+    structured: Literal["response_format", "structured_outputs", "none"] = Field(
+        default="response_format",
+        description="how the DC JSON schema is enforced: OpenAI json_schema, vLLM structured_outputs, or not at all",
+    )
+    media_mode: Literal["video_audio", "separate"] = Field(
+        default="video_audio",
+        description="one MP4 with audio + use_audio_in_video, or (older servers) video and a separate WAV part",
+    )
+    video_codec: Literal["h264", "mjpeg"] = Field(
+        default="h264", description="codec of the MP4 sent to the teacher (mjpeg: 10x cheaper to mux, unverified on vLLM)"
+    )
+    mm_kwargs: Literal["request", "server"] = Field(
+        default="request",
+        description="send mm_processor_kwargs/media_io_kwargs per request (server needs --trust-request-mm-kwargs) "
+        "or rely on the server's --mm-processor-kwargs/--media-io-kwargs",
+    )
+    simulated: bool = Field(default=False, description="the teacher is `cotforge teacher-sim`: send the gold label in headers")
+    media_workers: int = Field(default=2, ge=1, le=256, description="processes that mux request media")
+
+    def resolved_api_key(self) -> str:
+        import os
+
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get("COTFORGE_TEACHER_API_KEY", "EMPTY")
+
+
+class ValidateSection(Section):
+    """Overrides of the validator's dataset defaults (validate.ValidateConfig.for_dataset); None keeps the default."""
+
+    neutral_band: float | None = Field(default=None, ge=0, description="gold |y| below this is neutral (MOSI 0.5, SIMS 0.1)")
+    neutral_inclusive: bool | None = Field(default=None, description="|y| == neutral_band counts as neutral (SIMS: yes)")
+    tolerance: float | None = Field(default=None, ge=0, description="largest accepted |score - gold| (MOSI 1.0, SIMS 0.4)")
+    score_range: tuple[float, float] | None = Field(default=None, description="allowed score range (default: the dataset's)")
+    min_chars: int | None = Field(default=None, ge=0, description="fewest characters of rationale")
+    max_chars: int | None = Field(default=None, ge=1, description="most characters of rationale")
+    check_language: bool | None = Field(default=None, description="require the dataset's language (Chinese for SIMS)")
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class ReaskConfig(Section):
+    """What happens when no sample of a clip passes validation."""
+
+    samples: int = Field(default=3, ge=1, le=64, description="samples drawn per clip before the hint (teacher.samples per request)")
+    hint: bool = Field(default=True, description="one last attempt with the gold polarity (never the score) in the prompt")
+    keep: Literal["best", "all"] = Field(default="best", description="keep the best passing sample, or every passing one")
+
+
+class ExportConfig(Section):
+    """How accepted chains are written as Parquet shards."""
+
+    shard_mb: float = Field(default=256.0, gt=0, description="target shard size, MB")
+    row_group_rows: int = Field(default=64, ge=1, description="rows per Parquet row group (streaming reads)")
+    media: Literal["inline", "path"] = Field(default="inline", description="audio/frames as bytes in the shard, or a path to the source clip")
+    rejected: bool = Field(default=False, description="also write rejected chains to shards-rejected/")
+
+
+class PipelineConfig(Section):
+    """A whole pipeline (pipelines/*.yaml): source, media, teacher, validation, re-asking, export."""
+
+    name: str = Field(default="cotforge", description="pipeline name, for reports")
+    run: Path | None = Field(default=None, description="run directory (default: runs/<name>)")
+    source: SourceConfig
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    exec: ExecConfig = Field(default_factory=ExecConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+    reask: ReaskConfig = Field(default_factory=ReaskConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def bundle_config(self) -> BundleConfig:
+        return BundleConfig(source=self.source, media=self.media, exec=self.exec)
+
+    def public_dump(self) -> dict[str, Any]:
+        """The resolved config as written to RUN/config.yaml: secrets removed."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data["teacher"].pop("api_key", None)
+        return data
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the corpus's content (not how fast it is made): guards shard folders."""
+        data = self.public_dump()
+        relevant = {
+            "source": data["source"], "media": data["media"], "validate": data["validate"], "reask": data["reask"],
+            "teacher": {k: data["teacher"][k] for k in ("model", "temperature", "top_p", "max_tokens", "seed", "samples", "structured", "media_mode", "video_codec")},
+            "export": {k: data["export"][k] for k in ("media", "rejected")},
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_pipeline(path: Path, assignments: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML, apply `--set` overrides, validate; errors name the file and the field."""
+    try:
+        data = load_yaml(path)
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read the pipeline ({err})") from None
+    root = data.get("source", {}).get("root")
+    if isinstance(root, str) and not Path(root).is_absolute() and not Path(root).exists():
+        candidate = (path.parent / root).resolve()
+        if candidate.exists():
+            data["source"]["root"] = str(candidate)
+    data = apply_overrides(data, assignments or [])
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, str(path) + (" (with --set)" if assignments else ""))) from None

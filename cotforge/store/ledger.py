@@ -32,6 +32,16 @@ CREATE TABLE IF NOT EXISTS clips (
     bundle_part TEXT,
     media_hash TEXT,
     decode_seconds REAL,
+    teacher_model TEXT,
+    prompt_version TEXT,
+    hinted INTEGER,
+    requests INTEGER NOT NULL DEFAULT 0,
+    teacher_score REAL,
+    teacher_polarity TEXT,
+    answer TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    teacher_seconds REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -114,6 +124,30 @@ class Ledger:
             " media_hash = ?, decode_seconds = ?, updated_at = ? WHERE key = ?",
             [(ClipState.BUNDLED, part, media_hash, secs, now, key) for key, part, media_hash, secs in rows],
         )
+
+    def record_answer(self, key: str, state: ClipState, reason: str | None, answer: dict, stage: str = "teacher") -> None:
+        """Store the teacher/validator outcome of a clip: accepted, rejected (with reason) or failed."""
+        self.db.execute(
+            "UPDATE clips SET state = ?, stage = ?, reason = ?, teacher_model = ?, prompt_version = ?, hinted = ?,"
+            " requests = requests + ?, teacher_score = ?, teacher_polarity = ?, answer = ?, prompt_tokens = ?,"
+            " completion_tokens = ?, teacher_seconds = ?, updated_at = ? WHERE key = ?",
+            (state, stage, reason, answer.get("teacher_model"), answer.get("prompt_version"), int(bool(answer.get("hinted"))),
+             answer.get("requests", 0), answer.get("score"), answer.get("polarity"), json.dumps(answer, ensure_ascii=False),
+             answer.get("prompt_tokens"), answer.get("completion_tokens"), answer.get("seconds"), time.time(), key),
+        )
+
+    def keys_in_state(self, *states: ClipState) -> list[str]:
+        marks = ",".join("?" * len(states))
+        return [k for (k,) in self.db.execute(f"SELECT key FROM clips WHERE state IN ({marks}) ORDER BY key", states)]
+
+    def answers(self) -> dict[str, dict]:
+        """key -> (state, split, answer JSON) of every clip the teacher stage has decided."""
+        return {
+            key: {"state": state, "split": split, "reason": reason, "answer": json.loads(answer)}
+            for key, state, split, reason, answer in self.db.execute(
+                "SELECT key, state, split, reason, answer FROM clips WHERE answer IS NOT NULL"
+            )
+        }
 
     def count(self, state: ClipState | None = None) -> int:
         if state is None:

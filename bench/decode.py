@@ -1,0 +1,147 @@
+"""Decode benchmark: cotforge's bundle stage against the physical limit and a naive baseline.
+
+Prints ratios measured side by side in one run on the same generated clips:
+  * bundle CPU seconds per clip / CPU seconds of `ffmpeg -f null` decoding the same clip (the limit:
+    H.264 cannot be bundled without decoding it; ffmpeg also resamples audio to 16 kHz mono);
+  * the same ratio for a naive baseline (OpenCV reads every frame and keeps every k-th, plus an
+    ffmpeg subprocess that extracts the audio);
+  * clips/s of the bundle stage with 2 worker processes / with 1.
+
+Usage: python bench/decode.py [--clips 12] [--seconds 8 12] [--repeat 3] [--workdir DIR]
+Needs the [dev] extra (imageio-ffmpeg for the ffmpeg binary, opencv-python-headless for the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import imageio_ffmpeg
+
+from cotforge.config import MediaConfig, SourceConfig
+from cotforge.media.decode import decode_clip
+from cotforge.media.pool import DecodePool
+from cotforge.sources import open_source
+from cotforge.sources.demo import make_demo_dataset
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ffmpeg_null_cpu(path: str) -> float:
+    """CPU seconds of a full single-threaded decode of video and audio (audio to 16 kHz mono)."""
+    before = children_cpu()
+    subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-threads", "1", "-filter_threads", "1", "-i", path,
+         "-ac", "1", "-ar", "16000", "-f", "null", "-"],
+        check=True,
+    )
+    return children_cpu() - before
+
+
+def bundle_cpu(ref, cfg: MediaConfig) -> float:
+    before = self_cpu()
+    decode_clip(ref, cfg)
+    return self_cpu() - before
+
+
+def naive_cpu(path: str, cfg: MediaConfig) -> float:
+    """OpenCV reads every frame (keeping every k-th, resized and JPEG-encoded) + ffmpeg extracts audio."""
+    import cv2
+    import soundfile as sf
+
+    before, before_children = self_cpu(), children_cpu()
+    cap = cv2.VideoCapture(path)
+    native = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    every = max(1, round(native / cfg.fps))
+    index = kept = 0
+    while kept < cfg.max_frames:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if index % every == 0:
+            h, w = frame.shape[:2]
+            scale = min(1.0, cfg.size / max(h, w))
+            small = cv2.resize(frame, (int(w * scale) // 2 * 2, int(h * scale) // 2 * 2))
+            cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+            kept += 1
+        index += 1
+    cap.release()
+    wav = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-i", path, "-vn", "-ac", "1", "-ar", str(cfg.sample_rate), "-f", "wav", "-"],
+        check=True, capture_output=True,
+    ).stdout
+    samples, rate = sf.read(io.BytesIO(wav), dtype="int16")
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="FLAC")
+    return (self_cpu() - before) + (children_cpu() - before_children)
+
+
+def pool_rate(refs: list, cfg: MediaConfig, workers: int) -> float:
+    with DecodePool(cfg, workers) as pool:
+        list(pool.map(refs[:workers]))  # start the workers before timing
+        began = time.perf_counter()
+        results = list(pool.map(refs))
+        elapsed = time.perf_counter() - began
+    assert len(results) == len(refs)
+    return len(refs) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=12)
+    parser.add_argument("--seconds", type=float, nargs=2, default=(8.0, 12.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--repeat", type=int, default=3, help="best of N for each CPU measurement")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cotforge-bench-"))
+    data = workdir / "data"
+    if not (data / "demo.json").exists():
+        make_demo_dataset(data, "mosi", args.clips, seed=7, min_seconds=args.seconds[0], max_seconds=args.seconds[1])
+    refs = [r for r in open_source(SourceConfig(dataset="mosi", root=data)) if r.error is None]
+    cfg = MediaConfig()
+
+    limit, ours, naive = [], [], []
+    for ref in refs:
+        limit.append(min(ffmpeg_null_cpu(ref.media_path) for _ in range(args.repeat)))
+        ours.append(min(bundle_cpu(ref, cfg) for _ in range(args.repeat)))
+        naive.append(min(naive_cpu(ref.media_path, cfg) for _ in range(args.repeat)))
+    one = pool_rate(refs * 2, cfg, 1)
+    two = pool_rate(refs * 2, cfg, 2)
+
+    ratio_ours = sum(ours) / sum(limit)
+    ratio_naive = sum(naive) / sum(limit)
+    rows = [
+        ("clips", f"{len(refs)} ({args.seconds[0]:g}-{args.seconds[1]:g} s, mosi demo layout)"),
+        ("bundle CPU / ffmpeg -f null CPU", f"{ratio_ours:.2f}x  (target <= 1.30x)"),
+        ("naive CPU / ffmpeg -f null CPU", f"{ratio_naive:.2f}x"),
+        ("naive CPU / bundle CPU", f"{sum(naive) / sum(ours):.2f}x"),
+        ("clips/s 2 workers / 1 worker", f"{two / one:.2f}x  (target >= 1.70x)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"{'measure':<{width}}  ratio")
+    print("-" * (width + 30))
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    ok = ratio_ours <= 1.3 and two / one >= 1.7
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
