@@ -113,7 +113,9 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cotforge-bench-"))
     data = workdir / "data"
     if not (data / "demo.json").exists():
-        make_demo_dataset(data, "mosi", args.clips, seed=7, min_seconds=args.seconds[0], max_seconds=args.seconds[1])
+        make_demo_dataset(
+            data, "mosi", args.clips, seed=7, min_seconds=args.seconds[0], max_seconds=args.seconds[1], x264_preset="veryfast"
+        )
     refs = [r for r in open_source(SourceConfig(dataset="mosi", root=data)) if r.error is None]
     cfg = MediaConfig()
 

@@ -182,5 +182,252 @@ def status(
         out.print(reasons)
 
 
+def _pipeline(
+    pipeline: Path | None, run: Path | None, sets: list[str], options: dict[str, object] | None = None
+):
+    """A PipelineConfig from a YAML file, or from RUN/config.yaml, plus options and --set overrides."""
+    from cotforge.config import PipelineConfig, apply_overrides, format_validation_error, load_pipeline
+    from cotforge.store.run import RunDir
+
+    assignments = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (options or {}).items() if v is not None]
+    assignments += list(sets)
+    try:
+        if pipeline is not None:
+            cfg = load_pipeline(pipeline, assignments)
+        else:
+            saved = RunDir(run).load_config() if run is not None else {}
+            if not saved:
+                fail(f"{run} has no config.yaml; give a pipeline file (PIPELINE.yaml) or run `cotforge bundle` first")
+            saved.pop("run", None)
+            cfg = PipelineConfig.model_validate(apply_overrides(saved, assignments))
+    except ValidationError as exc:
+        fail(format_validation_error(exc, f"{run}/config.yaml"))
+    except ValueError as exc:
+        fail(str(exc))
+    if run is not None:
+        cfg.run = run
+    if cfg.run is None:
+        cfg.run = Path("runs") / cfg.name
+    return cfg
+
+
+def _teacher_options(url: str | None, model: str | None, concurrency: int | None) -> dict[str, object]:
+    return {"teacher.url": url, "teacher.model": model, "teacher.concurrency": concurrency}
+
+
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: --set teacher.concurrency=64.")]
+
+
+@app.command()
+def synth(
+    run: Annotated[Path, typer.Option(help="Run directory with bundles (from `cotforge bundle`).")],
+    teacher_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible base URL, e.g. http://gpu-node:8000/v1.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Served model name, e.g. Qwen/Qwen3-Omni-30B-A3B-Instruct.")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight (about 1-2 x vLLM's --max-num-seqs).")] = None,
+    pipeline: Annotated[Optional[Path], typer.Option(help="Take teacher/validation settings from this pipeline YAML.")] = None,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Ask the teacher for a DC rationale for every bundled clip, validate it, re-ask where needed."""
+    from cotforge.executors.local import run_synth
+    from cotforge.store.run import RunDir
+    from cotforge.teacher.client import TeacherUnavailable
+
+    cfg = _pipeline(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
+    RunDir(run).save_config(cfg.public_dump())
+    try:
+        stats = run_synth(cfg, run, quiet=quiet)
+    except TeacherUnavailable as exc:
+        fail(str(exc), code=3)
+    _print_synth(stats)
+    out.print(f"next: cotforge export --run {run}")
+
+
+def _print_synth(stats) -> None:
+    table = Table(title="teacher", show_header=False)
+    for label, value in [
+        ("clips judged", stats.clips), ("accepted", stats.accepted), ("  of them hinted", stats.hinted),
+        ("rejected", stats.rejected), ("failed", stats.failed), ("requests sent", stats.requests),
+        ("answers from cache", stats.cache_hits), ("retries", sum(stats.retries.values())),
+        ("prompt tokens", f"{stats.prompt_tokens:,}"), ("completion tokens", f"{stats.completion_tokens:,}"),
+    ]:
+        table.add_row(label, str(value))
+    out.print(table)
+    for reason, n in sorted(stats.reasons.items(), key=lambda kv: -kv[1]):
+        out.print(f"  {n:5d}  {reason}", highlight=False)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option(help="Run directory.")],
+    force: Annotated[bool, typer.Option("--force", help="Rebuild shards made with another config.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Rebuild RUN/shards and RUN/manifest.json from the ledger and cache (no teacher call)."""
+    from cotforge.executors.export import run_export
+    from cotforge.store.run import RunError
+
+    cfg = _pipeline(None, run, set_ or [])
+    try:
+        result = run_export(cfg, run, force=force)
+    except RunError as exc:
+        fail(str(exc))
+    _print_export(run, result)
+
+
+def _print_export(run: Path, result) -> None:
+    rows = ", ".join(f"{split} {n}" for split, n in sorted(result.rows.items())) or "none"
+    state = "written" if result.rewritten else "unchanged (inputs identical; nothing rewritten)"
+    out.print(f"shards {state}: {rows} rows in {run}/shards; manifest {run}/manifest.json")
+
+
+@app.command("run")
+def run_cmd(
+    pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (pipelines/mosi.yaml, mosei.yaml, sims.yaml, demo.yaml).")],
+    run: Annotated[Optional[Path], typer.Option(help="Run directory [runs/<pipeline name>]; re-running resumes.")] = None,
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Use a run folder whose shards came from another config.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Decode -> teacher -> validate -> shards, all stages at once; resumes where it stopped."""
+    cfg = _pipeline(pipeline, run, set_ or [])
+    _run_pipeline(cfg, force, quiet)
+
+
+def _run_pipeline(cfg, force: bool, quiet: bool):
+    from cotforge.executors.local import run_pipeline
+    from cotforge.report import write_report
+    from cotforge.sources import SourceError
+    from cotforge.store.run import RunDir, RunError
+    from cotforge.teacher.client import TeacherUnavailable
+
+    run_dir = RunDir(cfg.run)
+    try:
+        result = run_pipeline(cfg, cfg.run, force=force, quiet=quiet)
+    except (SourceError, RunError) as exc:
+        fail(str(exc))
+    except TeacherUnavailable as exc:
+        fail(f"{exc}\nwhat is done is kept; re-run the same command to resume.", code=3)
+    run_dir.save_config(cfg.public_dump())
+    summary = write_report(cfg, cfg.run)
+    _print_synth(result.synth)
+    _print_export(cfg.run, result.export)
+    out.print(f"report: {summary}")
+    return result
+
+
+@app.command()
+def plan(
+    run: Annotated[Path, typer.Option(help="Run directory with bundles.")],
+    model: Annotated[Optional[str], typer.Option(help="Teacher model (sets the token rules: Qwen3-Omni or Qwen2.5-Omni).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Local folder of the teacher's tokenizer (needs transformers); else an estimate.")] = None,
+    prefill_tps: Annotated[float, typer.Option(help="Server prompt throughput, tokens/s (measure with `vllm bench serve`).")] = 4000.0,
+    decode_tps: Annotated[float, typer.Option(help="Server generation throughput, tokens/s, all sequences together.")] = 1000.0,
+    set_: SetOption = None,
+) -> None:
+    """Estimate prompt/completion tokens and teacher time for a run before spending GPU hours."""
+    from cotforge.executors.local import run_plan
+
+    cfg = _pipeline(None, run, set_ or [], {"teacher.model": model})
+    count = None
+    if tokenizer is not None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            fail("--tokenizer needs transformers: pip install -e '.[train]'")
+        tok = AutoTokenizer.from_pretrained(str(tokenizer))
+
+        def count(text: str) -> int:
+            return len(tok(text)["input_ids"])
+
+    result = run_plan(cfg, run, count)
+    if not result.clips:
+        fail(f"{run} has no bundles; run `cotforge bundle` first")
+    table = Table(title=f"plan for {run} ({cfg.teacher.model})")
+    for column in ("split", "clips", "text tok", "audio tok", "video tok", "prompt tok / clip"):
+        table.add_column(column, justify="right")
+    splits = sorted({c.split for c in result.clips}) + ["all"]
+    for split in splits:
+        chosen = [c for c in result.clips if split in ("all", c.split)]
+        total = sum(c.prompt_tokens for c in chosen)
+        table.add_row(split, str(len(chosen)), f"{sum(c.text_tokens for c in chosen):,}", f"{sum(c.audio_tokens for c in chosen):,}",
+                      f"{sum(c.video_tokens for c in chosen):,}", f"{total / max(len(chosen), 1):,.0f}")
+    out.print(table)
+    per_clip_prompt = result.prompt_tokens / len(result.clips)
+    source = "observed average" if result.completion_observed else f"upper bound (max_tokens x {cfg.teacher.samples})"
+    rows = []
+    for label, requests in (("one request per clip", result.requests_low), ("every clip re-asked and hinted", result.requests_high)):
+        prompt = per_clip_prompt * requests
+        completion = result.completion_per_request * requests
+        seconds = prompt / prefill_tps + completion / decode_tps
+        rows.append((label, requests, prompt, completion, seconds))
+    cost = Table(title=f"teacher cost (completion per request: {result.completion_per_request:,.0f} tokens, {source})")
+    for column in ("case", "requests", "prompt tok", "completion tok", "GPU time"):
+        cost.add_column(column, justify="right")
+    for label, requests, prompt, completion, seconds in rows:
+        cost.add_row(label, f"{requests:,}", f"{prompt:,.0f}", f"{completion:,.0f}", f"{seconds / 3600:.2f} h")
+    out.print(cost)
+    out.print(f"at {prefill_tps:,.0f} prompt tok/s and {decode_tps:,.0f} generated tok/s per server; divide by the number of replicas")
+
+
+@app.command()
+def demo(
+    clips: Annotated[int, typer.Option(min=3, help="Number of generated clips.")] = 24,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo data, run and report.")] = Path("demo"),
+    dataset: Annotated[str, typer.Option(help="Layout/language: mosi, mosei, sims or simsv2.")] = "mosi",
+    corrupt: Annotated[int, typer.Option(min=0, help="Damaged clips, to show the failure paths.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the data and of the simulated teacher.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """The whole pipeline on generated clips against the built-in teacher simulator, in about a minute."""
+    from cotforge.config import load_pipeline
+    from cotforge.resources import resource_dir
+    from cotforge.sources.demo import make_demo_dataset
+    from cotforge.teacher.sim import SimConfig, SimProcess
+
+    if dataset not in DATASETS:
+        fail(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
+    data = out_dir / "data"
+    run = out_dir / "run"
+    if not (data / "demo.json").is_file():
+        err.print(f"generating {clips} {dataset} clips in {data} ...")
+        try:
+            make_demo_dataset(data, dataset, clips, corrupt=corrupt, seed=seed, max_seconds=8.0)
+        except ValueError as exc:
+            fail(str(exc))
+    sim_cfg = SimConfig(port=0, seed=seed, latency_ms=150, capacity=8, noise=0.35, flip_rate=0.1, hard_share=0.1,
+                        rate_429=0.03, rate_500=0.02, log_path=out_dir / "teacher-sim.log")
+    with SimProcess(sim_cfg) as sim:
+        cfg = load_pipeline(resource_dir("pipelines") / "demo.yaml", [
+            f"source.root={data}", f"source.dataset={dataset}", f"teacher.url={sim.url}", f"teacher.model={sim_cfg.model}",
+            "teacher.backoff_s=0.05",
+        ])
+        cfg.run = run
+        _run_pipeline(cfg, force=False, quiet=quiet)
+    out.print(
+        f"\n[bold]demo done[/] (teacher: {sim_cfg.model}, a simulator, not a model)\n"
+        f"  {run}/shards/{{train,valid,test}}/part-*.parquet  accepted DC chains (load with datasets, polars or pyarrow)\n"
+        f"  {run}/manifest.json                     counts per state and split, config and prompt hashes\n"
+        f"  {run}/report/summary.md + *.png         acceptance, teacher metrics, rejection reasons, plots\n"
+        f"  cotforge status {run}                   every clip's state and why it failed or was rejected"
+    )
+
+
+@app.command(
+    "teacher-sim",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def teacher_sim(ctx: typer.Context) -> None:
+    """OpenAI-compatible teacher simulator on 127.0.0.1 for tests, demos and load tests (`teacher-sim --help`).
+
+    It checks requests have the shape vLLM accepts, answers DC JSON around the gold label with a
+    noise model, models a GPU server (capacity, latency, queueing) and injects faults. Its model
+    names start with sim/: what it writes is never presented as a model's.
+    """
+    from cotforge.teacher.sim import main as sim_main
+
+    sim_main(list(ctx.args))
+
+
 if __name__ == "__main__":
     app()

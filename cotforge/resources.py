@@ -12,7 +12,7 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def resource_dir(kind: str) -> Path:
-    """`prompts` or `schemas`: the repository folder when running from a checkout, else the packaged copy."""
+    """`prompts`, `schemas` or `pipelines`: the repository folder when running from a checkout, else the packaged copy."""
     local = _REPO / kind
     if local.is_dir():
         return local

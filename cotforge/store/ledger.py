@@ -120,8 +120,10 @@ class Ledger:
         """rows: (key, bundle part file name, media hash, decode CPU seconds)."""
         now = time.time()
         self.db.executemany(
-            "UPDATE clips SET state = ?, stage = 'decode', reason = NULL, attempts = attempts + 1, bundle_part = ?,"
-            " media_hash = ?, decode_seconds = ?, updated_at = ? WHERE key = ?",
+            # a streaming run may have judged the clip before its part was flushed: keep that state
+            "UPDATE clips SET state = CASE WHEN state = 'pending' THEN ? ELSE state END,"
+            " stage = CASE WHEN state = 'pending' THEN 'decode' ELSE stage END, attempts = attempts + 1,"
+            " bundle_part = ?, media_hash = ?, decode_seconds = ?, updated_at = ? WHERE key = ?",
             [(ClipState.BUNDLED, part, media_hash, secs, now, key) for key, part, media_hash, secs in rows],
         )
 
@@ -140,6 +142,22 @@ class Ledger:
         marks = ",".join("?" * len(states))
         return [k for (k,) in self.db.execute(f"SELECT key FROM clips WHERE state IN ({marks}) ORDER BY key", states)]
 
+    def reset_unbundled(self) -> int:
+        """Clips judged in a streaming run whose bundle part was never written go back to pending.
+
+        They are decoded again; their teacher answers come from the cache, so nothing is paid twice.
+        """
+        cur = self.db.execute(
+            "UPDATE clips SET state = ?, stage = NULL, reason = NULL WHERE bundle_part IS NULL AND state IN (?, ?, ?)"
+            " OR (bundle_part IS NULL AND state = ? AND stage = 'teacher')",
+            (ClipState.PENDING, ClipState.ASKED, ClipState.ACCEPTED, ClipState.REJECTED, ClipState.FAILED),
+        )
+        self.commit()
+        return cur.rowcount
+
+    def keys_failed_at(self, stage: str) -> list[str]:
+        return [k for (k,) in self.db.execute("SELECT key FROM clips WHERE state = ? AND stage = ?", (ClipState.FAILED, stage))]
+
     def answers(self) -> dict[str, dict]:
         """key -> (state, split, answer JSON) of every clip the teacher stage has decided."""
         return {
@@ -156,7 +174,7 @@ class Ledger:
 
     def bundle_locations(self) -> dict[str, str]:
         """key -> bundle part file name, for every clip whose bundle counts."""
-        return dict(self.db.execute("SELECT key, bundle_part FROM clips WHERE bundle_part IS NOT NULL AND state != ?", (ClipState.FAILED,)))
+        return dict(self.db.execute("SELECT key, bundle_part FROM clips WHERE bundle_part IS NOT NULL"))
 
     def counts(self) -> StateCounts:
         by_state = {state.value: 0 for state in ClipState}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -21,6 +22,11 @@ class RunDir:
         self.ledger_path = path / "ledger.sqlite"
         self.bundles = path / "bundles"
         self.config_path = path / "config.yaml"
+        self.cache_path = path / "cache.sqlite"
+        self.shards = path / "shards"
+        self.rejected_shards = path / "shards-rejected"
+        self.manifest_path = path / "manifest.json"
+        self.report = path / "report"
 
     def exists(self) -> bool:
         return self.ledger_path.is_file()
@@ -50,5 +56,16 @@ class RunDir:
         ledger.set_meta("source", identity)
         ledger.set_meta("media", media)
         ledger.commit()
-        resolved = {"source": cfg.source.model_dump(mode="json"), "media": cfg.media.model_dump(), "exec": cfg.exec.model_dump()}
-        self.config_path.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        self.save_config({"source": cfg.source.model_dump(mode="json"), "media": cfg.media.model_dump(), "exec": cfg.exec.model_dump()})
+
+    def load_config(self) -> dict[str, Any]:
+        """The resolved config saved by earlier stages (empty if none)."""
+        if not self.config_path.is_file():
+            return {}
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+
+    def save_config(self, sections: dict[str, Any]) -> None:
+        """Merge sections into config.yaml; callers pass configs with secrets already removed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        merged = {**self.load_config(), **sections}
+        self.config_path.write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -1,0 +1,231 @@
+"""The teacher stage: ask, parse, validate, re-ask, and record one terminal state per clip.
+
+Per clip: draw up to `reask.samples` samples (`teacher.samples` per request, a new seed per
+request) until one passes the validator; if none does and `reask.hint` is on, ask once more with
+the gold *polarity* in the prompt (never the score) and validate that answer with the extra
+no-leak rule, marking it `hinted`. Every request goes through the response cache first, so a
+re-run never pays for a request that already succeeded.
+
+Concurrency: clips are processed as asyncio tasks; at most `teacher.concurrency` HTTP requests are
+in flight (a semaphore around the call only), and media muxing runs in worker processes while
+other requests wait on the server, so the server's batch stays full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from cotforge.config import PipelineConfig
+from cotforge.dc import ParseResult, parse_teacher, polarity_of
+from cotforge.teacher.cache import ResponseCache, TeacherResponse
+from cotforge.teacher.client import TeacherCallError, TeacherClient
+from cotforge.teacher.request import ClipMedia, build_request, materialize
+from cotforge.types import SCALES, ClipState
+from cotforge.validate import ValidateConfig, Verdict, pick_best, validate
+
+
+@dataclass
+class Candidate:
+    cache_key: str
+    index: int
+    hinted: bool
+    parse: ParseResult
+    verdict: Verdict
+    finish_reason: str
+
+    def summary(self) -> dict[str, Any]:
+        r = self.parse.rationale
+        return {
+            "cache_key": self.cache_key,
+            "index": self.index,
+            "hinted": self.hinted,
+            "passed": self.verdict.passed,
+            "error": self.verdict.error,
+            "parse_error": self.parse.error,
+            "lenient": self.parse.lenient,
+            "finish_reason": self.finish_reason,
+            "polarity": r.discrimination.polarity.value if r else None,
+            "score": r.calibration.score if r else None,
+            "failed_rules": [res.name for res in self.verdict.results if not res.passed],
+            "rules": [{"name": res.name, "passed": res.passed, "reason": res.reason} for res in self.verdict.results],
+        }
+
+
+@dataclass
+class ClipOutcome:
+    key: str
+    state: ClipState
+    reason: str | None
+    answer: dict[str, Any]
+
+
+@dataclass
+class SynthStats:
+    clips: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+    hinted: int = 0
+    cache_hits: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_in_flight: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def validate_config_for(dataset: str, cfg: PipelineConfig) -> ValidateConfig:
+    overrides = cfg.validate_.overrides()
+    if dataset in SCALES:
+        return ValidateConfig.for_dataset(dataset, **overrides)
+    # a manifest corpus: take the rules of the dataset whose scale it shares
+    low, high = cfg.source.label_range or (-3.0, 3.0)
+    base = "mosi" if high > 1 else "sims"
+    return ValidateConfig.for_dataset(base, **{"score_range": (low, high), "language": cfg.source.language or "en", **overrides})
+
+
+def _rejection_reason(candidates: list[Candidate]) -> str:
+    """Name the rules that failed on the closest candidate, with their reasons."""
+    best = min(candidates, key=lambda c: (c.verdict.error is None, c.verdict.error or 0.0))
+    failed = [res for res in best.verdict.results if not res.passed and res.reason and not res.reason.startswith("not checked")]
+    names = "+".join(res.name for res in failed) or "well_formed"
+    details = "; ".join(f"{res.name}: {res.reason}" for res in failed)
+    return f"rejected by {names}: {details} ({len(candidates)} samples)"
+
+
+class Synthesizer:
+    """Turns bundle rows into ClipOutcomes; owns nothing but references to the cache and client."""
+
+    def __init__(self, cfg: PipelineConfig, cache: ResponseCache, client: TeacherClient, media_pool: ProcessPoolExecutor) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.client = client
+        self.media_pool = media_pool
+        self.http = asyncio.Semaphore(cfg.teacher.concurrency)
+        self.stats = SynthStats()
+
+    async def _fetch(self, row: dict[str, Any], hint: str | None, attempt: int) -> tuple[str, str, TeacherResponse]:
+        request = build_request(row, self.cfg.teacher, hint=hint, attempt=attempt)
+        cached = self.cache.get(request.cache_key)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            return request.cache_key, request.prompt_version, cached
+        media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
+        loop = asyncio.get_running_loop()
+        body = await loop.run_in_executor(self.media_pool, materialize, request.body, media, self.cfg.teacher.video_codec)
+        async with self.http:
+            response = await self.client.ask(body, request.headers)
+        self.stats.requests += 1
+        self.stats.prompt_tokens += response.prompt_tokens or 0
+        self.stats.completion_tokens += response.completion_tokens or 0
+        self.cache.put(request.cache_key, row["key"], request.prompt_version, hint is not None, response)
+        return request.cache_key, request.prompt_version, response
+
+    def _judge(self, cache_key: str, response: TeacherResponse, gold: float, vcfg: ValidateConfig, hinted: bool) -> list[Candidate]:
+        out = []
+        for index, (content, finish) in enumerate(zip(response.contents, response.finish_reasons, strict=False)):
+            parse = parse_teacher(content)
+            out.append(Candidate(cache_key, index, hinted, parse, validate(parse, gold, vcfg, hinted=hinted), finish))
+        return out
+
+    async def process(self, row: dict[str, Any]) -> ClipOutcome:
+        began = time.perf_counter()
+        gold = float(row["label"])
+        vcfg = validate_config_for(row["dataset"], self.cfg)
+        candidates: list[Candidate] = []
+        prompt_tokens = completion_tokens = requests = 0
+        model = version = None
+        attempt = 0
+        try:
+            while len(candidates) < self.cfg.reask.samples:
+                cache_key, version, response = await self._fetch(row, None, attempt)
+                requests += 0 if response.cached else 1
+                model = response.model
+                prompt_tokens += response.prompt_tokens or 0
+                completion_tokens += response.completion_tokens or 0
+                candidates += self._judge(cache_key, response, gold, vcfg, hinted=False)
+                attempt += 1
+                if any(c.verdict.passed for c in candidates):
+                    break
+            if not any(c.verdict.passed for c in candidates) and self.cfg.reask.hint:
+                hint = polarity_of(gold, vcfg.neutral_band, vcfg.neutral_inclusive).value
+                cache_key, version, response = await self._fetch(row, hint, attempt)
+                requests += 0 if response.cached else 1
+                prompt_tokens += response.prompt_tokens or 0
+                completion_tokens += response.completion_tokens or 0
+                candidates += self._judge(cache_key, response, gold, vcfg, hinted=True)
+        except TeacherCallError as err:
+            answer = {"requests": requests, "candidates": [c.summary() for c in candidates], "seconds": time.perf_counter() - began}
+            return ClipOutcome(row["key"], ClipState.FAILED, str(err), answer)
+        chosen = self._choose(candidates)
+        best = candidates[chosen[0]] if chosen else None
+        answer = {
+            "teacher_model": model,
+            "prompt_version": version,
+            "hinted": bool(best and best.hinted),
+            "requests": requests,
+            "chosen": chosen,
+            "candidates": [c.summary() for c in candidates],
+            "score": best.parse.rationale.calibration.score if best else None,
+            "polarity": best.parse.rationale.discrimination.polarity.value if best else None,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "seconds": time.perf_counter() - began,
+        }
+        if best is None:
+            return ClipOutcome(row["key"], ClipState.REJECTED, _rejection_reason(candidates), answer)
+        return ClipOutcome(row["key"], ClipState.ACCEPTED, None, answer)
+
+    def _choose(self, candidates: list[Candidate]) -> list[int]:
+        if self.cfg.reask.keep == "all":
+            return [i for i, c in enumerate(candidates) if c.verdict.passed]
+        best = pick_best([(c.parse, c.verdict) for c in candidates])
+        return [] if best is None else [best]
+
+    def count(self, outcome: ClipOutcome) -> None:
+        self.stats.clips += 1
+        if outcome.state is ClipState.ACCEPTED:
+            self.stats.accepted += 1
+            self.stats.hinted += int(outcome.answer.get("hinted", False))
+        elif outcome.state is ClipState.REJECTED:
+            self.stats.rejected += 1
+        else:
+            self.stats.failed += 1
+        if outcome.reason:
+            kind = outcome.reason.split(":", 1)[0]
+            self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
+
+
+async def run_clips(
+    synth: Synthesizer, rows: Iterable[dict[str, Any]], on_outcome: Callable[[ClipOutcome], None], limit: int
+) -> None:
+    """Process rows with at most `limit` clips in progress; a fatal teacher error cancels the rest."""
+    pending: set[asyncio.Task] = set()
+    source = iter(rows)
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < limit:
+                row = await asyncio.to_thread(next, source, None)
+                if row is None:
+                    exhausted = True
+                    break
+                pending.add(asyncio.create_task(synth.process(row)))
+            if not pending:
+                return
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                outcome = task.result()
+                synth.count(outcome)
+                on_outcome(outcome)
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

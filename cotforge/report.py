@@ -1,0 +1,204 @@
+"""RUN/report/: summary.md and PNG plots a lead can read in a minute.
+
+Plots: gold vs teacher score, polarity confusion, rejection reasons, acceptance by gold-score
+bucket (where the teacher is weak), and throughput over time. The teacher's MSA metrics are given
+twice: on the accepted chains (what the corpus teaches) and on every first answer (how good the
+teacher is before validation picks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cotforge.config import PipelineConfig  # noqa: E402
+from cotforge.dc import polarity_of  # noqa: E402
+from cotforge.executors.synth import validate_config_for  # noqa: E402
+from cotforge.metrics import msa_metrics  # noqa: E402
+from cotforge.store.run import RunDir  # noqa: E402
+
+POLARITIES = ("negative", "neutral", "positive")
+
+
+def _first_answer(answer: dict[str, Any]) -> dict[str, Any] | None:
+    """The teacher's first parsed, unhinted sample: its zero-shot judgement of the clip."""
+    return next((c for c in answer.get("candidates", []) if not c["hinted"] and c["score"] is not None), None)
+
+
+def _load(run_dir: RunDir) -> list[dict[str, Any]]:
+    with run_dir.open_ledger() as ledger:
+        rows = ledger.db.execute(
+            "SELECT key, dataset, split, state, stage, reason, ref, answer, updated_at FROM clips ORDER BY updated_at"
+        ).fetchall()
+    out = []
+    for key, dataset, split, state, stage, reason, ref, answer, updated in rows:
+        out.append({
+            "key": key, "dataset": dataset, "split": split, "state": state, "stage": stage, "reason": reason,
+            "label": json.loads(ref).get("label"), "answer": json.loads(answer) if answer else None, "updated_at": updated,
+        })
+    return out
+
+
+def _metrics_table(dataset: str, pairs: list[tuple[float, float]]) -> dict[str, float]:
+    if len(pairs) < 2:
+        return {}
+    pred, gold = zip(*pairs, strict=True)
+    return msa_metrics(dataset if dataset in ("mosi", "mosei", "sims", "simsv2") else "mosi", list(pred), list(gold))
+
+
+def write_report(cfg: PipelineConfig, run: Path) -> Path:
+    run_dir = RunDir(run)
+    folder = run_dir.report
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _load(run_dir)
+    dataset = cfg.source.dataset
+    vcfg = validate_config_for(rows[0]["dataset"] if rows else dataset, cfg)
+    band = (vcfg.neutral_band, vcfg.neutral_inclusive)
+    judged = [r for r in rows if r["answer"] is not None and r["state"] in ("accepted", "rejected")]
+    accepted = [(r["answer"]["score"], r["label"]) for r in judged if r["state"] == "accepted"]
+    first = [(f["score"], r["label"]) for r in judged if (f := _first_answer(r["answer"]))]
+    plots = {
+        "scores.png": _plot_scores(first, accepted, vcfg.score_range),
+        "confusion.png": _plot_confusion(judged, band),
+        "reasons.png": _plot_reasons(rows),
+        "acceptance_by_gold.png": _plot_acceptance(judged, vcfg.score_range),
+        "throughput.png": _plot_throughput(judged),
+    }
+    written = {}
+    for name, figure in plots.items():
+        if figure is not None:
+            figure.savefig(folder / name, dpi=110, bbox_inches="tight")
+            plt.close(figure)
+            written[name] = True
+    summary = folder / "summary.md"
+    summary.write_text(_summary(cfg, rows, judged, accepted, first, dataset, written), encoding="utf-8")
+    return summary
+
+
+def _plot_scores(first, accepted, score_range):
+    if not first:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter([g for _, g in first], [p for p, _ in first], s=14, alpha=0.5, label="first answer", color="tab:gray")
+    if accepted:
+        ax.scatter([g for _, g in accepted], [p for p, _ in accepted], s=16, alpha=0.8, label="accepted", color="tab:blue")
+    low, high = score_range
+    ax.plot([low, high], [low, high], "k--", lw=1)
+    pad = (high - low) * 0.04
+    ax.set(xlabel="gold label", ylabel="teacher score", title="gold vs teacher score",
+           xlim=(low - pad, high + pad), ylim=(low - pad, high + pad))
+    ax.legend(loc="upper left")
+    return fig
+
+
+def _plot_confusion(judged, band):
+    pairs = [(polarity_of(r["label"], *band).value, f["polarity"]) for r in judged if (f := _first_answer(r["answer"]))]
+    if not pairs:
+        return None
+    matrix = np.zeros((3, 3), dtype=int)
+    for gold, said in pairs:
+        matrix[POLARITIES.index(gold), POLARITIES.index(said)] += 1
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(3):
+        for j in range(3):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color="black")
+    ax.set(xticks=range(3), yticks=range(3), xticklabels=POLARITIES, yticklabels=POLARITIES,
+           xlabel="teacher (first answer)", ylabel="gold", title="polarity confusion")
+    return fig
+
+
+def _plot_reasons(rows):
+    counts = Counter(f"{r['stage']}: {(r['reason'] or '').split(':')[0]}" for r in rows if r["state"] in ("failed", "rejected"))
+    if not counts:
+        return None
+    items = counts.most_common(12)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:red")
+    ax.set(xlabel="clips", title="why clips were rejected or failed")
+    return fig
+
+
+def _plot_acceptance(judged, score_range):
+    if not judged:
+        return None
+    low, high = score_range
+    edges = np.linspace(low, high, 7)
+    buckets = np.clip(np.digitize([r["label"] for r in judged], edges[1:-1]), 0, len(edges) - 2)
+    total = np.bincount(buckets, minlength=len(edges) - 1)
+    ok = np.bincount(buckets, weights=[r["state"] == "accepted" for r in judged], minlength=len(edges) - 1)
+    share = np.divide(ok, total, out=np.zeros_like(ok), where=total > 0)
+    labels = [f"{a:+.1f}..{b:+.1f}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(labels, share, color="tab:green")
+    for i, n in enumerate(total):
+        ax.text(i, share[i] + 0.02, f"n={int(n)}", ha="center", fontsize=8)
+    ax.set(ylim=(0, 1.1), ylabel="accepted share", xlabel="gold label bucket", title="acceptance by gold score")
+    ax.tick_params(axis="x", labelsize=8)
+    return fig
+
+
+def _plot_throughput(judged):
+    times = sorted(r["updated_at"] for r in judged)
+    if len(times) < 2:
+        return None
+    t = np.array(times) - times[0]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(t, np.arange(1, len(t) + 1), color="tab:purple")
+    ax.set(xlabel="seconds since first judged clip", ylabel="clips judged", title="throughput")
+    return fig
+
+
+def _fmt(value: float) -> str:
+    return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
+
+
+def _summary(cfg, rows, judged, accepted, first, dataset, written) -> str:
+    states = Counter(r["state"] for r in rows)
+    splits = Counter((r["split"], r["state"]) for r in rows)
+    tokens_p = sum((r["answer"] or {}).get("prompt_tokens") or 0 for r in rows)
+    tokens_c = sum((r["answer"] or {}).get("completion_tokens") or 0 for r in rows)
+    hinted = sum(1 for r in judged if r["state"] == "accepted" and r["answer"].get("hinted"))
+    models = sorted({r["answer"].get("teacher_model") for r in judged if r["answer"].get("teacher_model")})
+    lines = [
+        f"# cotforge run report: {cfg.name}",
+        "",
+        f"- dataset: **{dataset}**, teacher: **{', '.join(models) or '-'}**"
+        + (" (simulated: not a model)" if any(m.startswith("sim/") for m in models) else ""),
+        f"- clips: **{len(rows)}** = accepted {states['accepted']} + rejected {states['rejected']} + failed {states['failed']}"
+        + (f" + unfinished {len(rows) - states['accepted'] - states['rejected'] - states['failed']}" if len(rows) != states['accepted'] + states['rejected'] + states['failed'] else ""),
+        f"- acceptance: **{states['accepted'] / max(len(judged), 1):.1%}** of judged clips; {hinted} accepted only with the polarity hint",
+        f"- tokens: {tokens_p:,} prompt + {tokens_c:,} completion",
+        "",
+        "## Per split",
+        "",
+        "| split | accepted | rejected | failed |",
+        "|---|---|---|---|",
+    ]
+    for split in sorted({r["split"] for r in rows}):
+        lines.append(f"| {split} | {splits[(split, 'accepted')]} | {splits[(split, 'rejected')]} | {splits[(split, 'failed')]} |")
+    lines += ["", "## Teacher metrics (MMSA definitions)", ""]
+    m_all, m_acc = _metrics_table(dataset, first), _metrics_table(dataset, accepted)
+    if m_all:
+        keys = list(m_all)
+        lines += ["| answers | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        lines.append(f"| first answer, all judged clips | {len(first)} | " + " | ".join(_fmt(m_all[k]) for k in keys) + " |")
+        if m_acc:
+            lines.append(f"| accepted chains | {len(accepted)} | " + " | ".join(_fmt(m_acc[k]) for k in keys) + " |")
+    else:
+        lines.append("(too few judged clips for metrics)")
+    reasons = Counter(f"{r['stage']}: {(r['reason'] or '').split(':')[0]}" for r in rows if r["state"] in ("failed", "rejected"))
+    lines += ["", "## Rejections and failures", ""]
+    lines += [f"- {n} x {reason}" for reason, n in reasons.most_common()] or ["- none"]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in written]
+    return "\n".join(lines) + "\n"

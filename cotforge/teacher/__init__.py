@@ -1,0 +1,1 @@
+"""Teacher: request building, clients, response cache, token plan, simulator server."""

@@ -1,0 +1,82 @@
+"""cache.sqlite: teacher responses keyed by the hash of the canonical request.
+
+A hit returns the stored response without any network call, so a re-run never pays twice for a
+request that succeeded. Only successful responses are stored; parsing and validation happen
+later, so a change of validator never needs the teacher again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    cache_key TEXT PRIMARY KEY,
+    clip_key TEXT NOT NULL,
+    model TEXT NOT NULL,
+    prompt_version TEXT NOT NULL,
+    hinted INTEGER NOT NULL,
+    contents TEXT NOT NULL,
+    finish_reasons TEXT NOT NULL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    latency_s REAL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_clip ON responses(clip_key);
+"""
+
+
+@dataclass(slots=True)
+class TeacherResponse:
+    contents: list[str]
+    finish_reasons: list[str]
+    model: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float = 0.0
+    cached: bool = False
+
+
+class ResponseCache:
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, timeout=30.0)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.hits = 0
+        self.misses = 0
+
+    def close(self) -> None:
+        self.db.commit()
+        self.db.close()
+
+    def get(self, cache_key: str) -> TeacherResponse | None:
+        row = self.db.execute(
+            "SELECT contents, finish_reasons, model, prompt_tokens, completion_tokens, latency_s FROM responses WHERE cache_key = ?",
+            (cache_key,),
+        ).fetchone()
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return TeacherResponse(json.loads(row[0]), json.loads(row[1]), row[2], row[3], row[4], row[5] or 0.0, cached=True)
+
+    def put(self, cache_key: str, clip_key: str, prompt_version: str, hinted: bool, response: TeacherResponse) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (cache_key, clip_key, response.model, prompt_version, int(hinted), json.dumps(response.contents, ensure_ascii=False),
+             json.dumps(response.finish_reasons), response.prompt_tokens, response.completion_tokens, response.latency_s, time.time()),
+        )
+        self.db.commit()
+
+    def usage(self) -> dict[str, Any]:
+        n, prompt, completion = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM responses"
+        ).fetchone()
+        return {"responses": n, "prompt_tokens": prompt, "completion_tokens": completion}

@@ -1,0 +1,122 @@
+"""The one internal request format: an OpenAI chat-request dict, for every backend.
+
+A request is first built in *canonical* form, where each media part holds only the media hash
+(`uuid`) instead of its base64 payload. The cache key is the hash of that canonical form, so a
+cache hit costs no media encoding at all, and the key changes exactly when the model, prompt
+version, media, sampling or schema do. `materialize` then fills in the payloads (in a worker
+process) just before sending.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cotforge.config import TeacherConfig
+from cotforge.resources import load_schema
+from cotforge.teacher.media import data_url, mux_mp4, wav_bytes
+from cotforge.teacher.prompts import prompt_version, render_teacher, scale_for
+
+MEDIA_PLACEHOLDER = "cotforge-media:"
+# The body keys the openai client types; everything else goes through `extra_body` (vLLM reads it top level).
+OPENAI_KEYS = ("model", "messages", "temperature", "top_p", "max_tokens", "seed", "n", "response_format")
+
+
+@dataclass(slots=True)
+class TeacherRequest:
+    clip_key: str
+    cache_key: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    hint: str | None = None
+    prompt_version: str = ""
+
+
+@dataclass(slots=True)
+class ClipMedia:
+    """What `materialize` needs from a bundle (kept small so it pickles cheaply to a worker)."""
+
+    frames: list[bytes]
+    frame_fps: float
+    audio_flac: bytes
+
+
+def _structured(cfg: TeacherConfig) -> dict[str, Any]:
+    schema = load_schema("dc_rationale")
+    if cfg.structured == "response_format":
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "dc_rationale", "schema": schema, "strict": True}}}
+    if cfg.structured == "structured_outputs":
+        return {"structured_outputs": {"json": schema}}
+    return {}
+
+
+def build_request(row: dict[str, Any], cfg: TeacherConfig, hint: str | None = None, attempt: int = 0) -> TeacherRequest:
+    """Canonical request for one bundle row (see store.bundles); `attempt` > 0 varies the seed for re-asks."""
+    scale = scale_for(row["dataset"])
+    system, instruction = render_teacher(row["text"], row["language"], scale, hint)
+    media_hash = row["media_hash"]
+    parts: list[dict[str, Any]] = [
+        {"type": "video_url", "video_url": {"url": f"{MEDIA_PLACEHOLDER}video"}, "uuid": f"{media_hash}:{cfg.media_mode}"}
+    ]
+    if cfg.media_mode == "separate":
+        parts.append({"type": "input_audio", "input_audio": {"data": f"{MEDIA_PLACEHOLDER}audio", "format": "wav"}, "uuid": f"{media_hash}:wav"})
+    parts.append({"type": "text", "text": instruction})
+    body: dict[str, Any] = {
+        "model": cfg.model,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": parts}],
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_tokens": cfg.max_tokens,
+        "n": cfg.samples,
+    }
+    if cfg.seed is not None:
+        body["seed"] = cfg.seed + attempt
+    body.update(_structured(cfg))
+    if cfg.mm_kwargs == "request":
+        if cfg.media_mode == "video_audio":
+            body["mm_processor_kwargs"] = {"use_audio_in_video": True}
+        body["media_io_kwargs"] = {"video": {"fps": round(float(row["frame_fps"]), 4)}}
+    canonical = json.dumps({"body": body, "codec": cfg.video_codec}, sort_keys=True, ensure_ascii=False)
+    headers = {}
+    if cfg.simulated:
+        headers = {
+            "X-Cotforge-Key": row["key"],
+            "X-Cotforge-Gold": repr(float(row["label"])),
+            "X-Cotforge-Range": f"{scale.low:g},{scale.high:g}",
+            "X-Cotforge-Language": row["language"],
+        }
+        if hint:
+            headers["X-Cotforge-Hint"] = hint
+    return TeacherRequest(
+        clip_key=row["key"],
+        cache_key=hashlib.sha256(canonical.encode()).hexdigest(),
+        body=body,
+        headers=headers,
+        hint=hint,
+        prompt_version=prompt_version(row["language"]),
+    )
+
+
+def materialize(body: dict[str, Any], media: ClipMedia, codec: str) -> dict[str, Any]:
+    """Fill the media placeholders with data URLs; runs in a worker process."""
+    filled = copy.deepcopy(body)
+    content = filled["messages"][1]["content"]
+    separate = any(p["type"] == "input_audio" for p in content)
+    for part in content:
+        if part["type"] == "video_url":
+            mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
+            part["video_url"]["url"] = data_url("video/mp4", mp4)
+        elif part["type"] == "input_audio":
+            part["input_audio"]["data"] = base64.b64encode(wav_bytes(media.audio_flac)).decode("ascii")
+    return filled
+
+
+def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(typed openai arguments, extra_body) for `client.chat.completions.create`."""
+    typed = {k: v for k, v in body.items() if k in OPENAI_KEYS}
+    extra = {k: v for k, v in body.items() if k not in OPENAI_KEYS}
+    return typed, extra

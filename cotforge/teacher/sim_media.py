@@ -1,0 +1,154 @@
+"""Media the teacher simulator is sent: decode it as vLLM would, and estimate its prompt tokens.
+
+vLLM refuses media it cannot decode, so the simulator opens every data URL too; a request that
+passes here would reach the model on a real server. Token estimates follow Qwen3-Omni's processors
+(research notes: `vllm-serving.md` §4) closely enough for budgets and load tests, not exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import re
+from dataclasses import dataclass
+
+import av
+from PIL import Image, UnidentifiedImageError
+
+from cotforge.teacher.plan import QWEN3_OMNI, estimate_text_tokens
+
+VIDEO_CELLS = (128, 768)
+"""Fewest and most cells per frame of a video: its pixel budget is [128, 768] x 32²."""
+IMAGE_CELLS = (4, 16384)
+"""The same for a still image, whose budget is far larger; frames sent as images cost about twice as much."""
+DEFAULT_FPS = 2.0
+
+_DATA_URL = re.compile(r"data:(?P<mime>[^;,]*)(?:;[^;,]*)*?;base64,(?P<payload>.*)", re.DOTALL)
+
+
+class MediaError(ValueError):
+    """Media vLLM could not load; the message says which part and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Visual:
+    """A decoded image or video: its frame size, and for a video its length in seconds or frames."""
+
+    width: int
+    height: int
+    seconds: float = 0.0
+    frames: int | None = None
+    audio_seconds: float | None = None
+    """Length of the video's own audio track; None when it has none."""
+
+
+def split_data_url(url: str, where: str) -> tuple[str, str]:
+    """(MIME type, base64 payload) of a `data:<mime>;base64,` URL."""
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        scheme = url.split(":", 1)[0] if ":" in url else url[:16]
+        raise MediaError(
+            f"{where}: expected a data URL 'data:<mime>;base64,<payload>', got one starting {scheme!r}; "
+            "the simulator fetches nothing, so send media inline"
+        )
+    return match["mime"], match["payload"]
+
+
+def decode_base64(payload: str, where: str) -> bytes:
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MediaError(f"{where}: the payload is not valid base64 ({exc})") from None
+    if not data:
+        raise MediaError(f"{where}: the payload is empty")
+    return data
+
+
+def probe_video(data: bytes, where: str) -> Visual:
+    """Open a video container with PyAV and decode its first frame, as vLLM's loader would."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{where}: the data holds no video stream (streams: {_stream_kinds(container)})")
+            stream = container.streams.video[0]
+            # One frame is all that is decoded: FFmpeg's default decoder threads would cost more to start.
+            stream.codec_context.thread_count = 1
+            next(container.decode(stream))
+            audio = container.streams.audio[0] if container.streams.audio else None
+            return Visual(
+                width=stream.codec_context.width,
+                height=stream.codec_context.height,
+                seconds=_seconds(stream, container),
+                audio_seconds=None if audio is None else _seconds(audio, container),
+            )
+    except StopIteration:
+        raise MediaError(f"{where}: the video stream holds no decodable frame") from None
+    except av.FFmpegError as exc:
+        raise MediaError(f"{where}: could not load the video ({exc})") from None
+
+
+def probe_jpeg_frames(payload: str, where: str) -> Visual:
+    """A `data:video/jpeg;base64,<f1>,<f2>,...` video: vLLM reads it as a list of JPEG frames."""
+    frames = [decode_base64(chunk, f"{where} frame {i}") for i, chunk in enumerate(payload.split(","))]
+    width, height = probe_image(frames[0], where)
+    return Visual(width=width, height=height, frames=len(frames))
+
+
+def probe_image(data: bytes, where: str) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise MediaError(f"{where}: could not load the image ({exc})") from None
+
+
+def probe_audio(data: bytes, where: str) -> float:
+    """Seconds of audio in a WAV/MP3/FLAC/... file."""
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.audio:
+                raise MediaError(f"{where}: the data holds no audio stream (streams: {_stream_kinds(container)})")
+            return _seconds(container.streams.audio[0], container)
+    except av.FFmpegError as exc:
+        raise MediaError(f"{where}: could not load the audio ({exc})") from None
+
+
+def _stream_kinds(container: av.container.InputContainer) -> str:
+    return ", ".join(stream.type for stream in container.streams) or "none"
+
+
+def _seconds(stream: av.stream.Stream, container: av.container.InputContainer) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return (container.duration or 0) / av.time_base
+
+
+def fit_cells(width: int, height: int, cells: tuple[int, int]) -> int:
+    """Merged tokens of one frame by Qwen3-Omni's `smart_resize` within a budget of `cells` 32-px cells
+    (the rule is `plan.OmniRules`; 640x360 -> 220, 1280x720 -> 720, 64x64 -> 144)."""
+    return QWEN3_OMNI.frame_cells(width, height, *cells)
+
+
+def video_tokens(video: Visual, fps: float | None, num_frames: int | None) -> int:
+    """Frames sampled at `fps` (or exactly `num_frames`), merged two by two in time: groups x cells per frame."""
+    if video.frames is not None:
+        frames = video.frames
+    elif num_frames is not None:
+        frames = num_frames
+    else:
+        frames = max(1, round(video.seconds * (fps or DEFAULT_FPS)))
+    return math.ceil(frames / 2) * fit_cells(video.width, video.height, VIDEO_CELLS)
+
+
+def image_tokens(width: int, height: int) -> int:
+    return fit_cells(width, height, IMAGE_CELLS)
+
+
+def audio_tokens(seconds: float) -> int:
+    return max(1, QWEN3_OMNI.audio_tokens(seconds))
+
+
+text_tokens = estimate_text_tokens

@@ -1,0 +1,233 @@
+"""`run`, `synth`, `export` against the teacher simulator on 127.0.0.1: the main job end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cotforge.config import PipelineConfig
+from cotforge.executors.export import run_export
+from cotforge.executors.local import run_bundle, run_pipeline, run_synth
+from cotforge.report import write_report
+from cotforge.store.ledger import Ledger
+from cotforge.store.run import RunError
+from cotforge.teacher.client import TeacherUnavailable
+from cotforge.teacher.sim import SimConfig, SimProcess
+
+FAST = {"latency_ms": 5, "capacity": 8}
+
+
+def pipeline(root: Path, run: Path, url: str, **sections) -> PipelineConfig:
+    data = {
+        "name": "t",
+        "run": str(run),
+        "source": {"dataset": "mosi", "root": str(root)},
+        "media": {"fps": 2, "max_frames": 8, "size": 128},
+        "exec": {"workers": 2, "bundle_part_rows": 4},
+        "teacher": {"url": url, "model": "sim/qwen3-omni", "simulated": True, "concurrency": 4, "backoff_s": 0.01,
+                    "timeout_s": 20, "media_workers": 1},
+        "reask": {"samples": 2},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return PipelineConfig.model_validate(data)
+
+
+def sim_requests(sim: SimProcess) -> int:
+    return sum(httpx.get(f"{sim.root}/sim/stats", trust_env=False).json()["requests"].values())
+
+
+def ledger_counts(run: Path) -> dict[str, int]:
+    with Ledger(run / "ledger.sqlite") as ledger:
+        return ledger.counts().by_state
+
+
+@pytest.fixture(scope="module")
+def demo(demo_factory):
+    return demo_factory("mosi", clips=10, corrupt=2, min_seconds=1.0, max_seconds=3.0, seed=5)
+
+
+def test_run_end_to_end_and_warm_rerun_makes_no_call(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=1, **FAST)) as sim:
+        cfg = pipeline(demo.root, run, sim.url)
+        result = run_pipeline(cfg, run, quiet=True)
+        counts = ledger_counts(run)
+        assert counts["accepted"] + counts["rejected"] + counts["failed"] == 10
+        assert counts["failed"] == 2 and counts["pending"] == counts["bundled"] == 0
+        assert result.synth.accepted == counts["accepted"] > 0
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["counts"]["states"] == counts
+        assert sum(manifest["shards"]["rows"].values()) == counts["accepted"]
+        assert manifest["teacher_models"] == ["sim/qwen3-omni"] and manifest["config_hash"] == cfg.fingerprint()
+        shard_files = sorted((run / "shards").rglob("*.parquet"))
+        stamps = [(p, p.stat().st_mtime_ns) for p in shard_files] + [(run / "manifest.json", (run / "manifest.json").stat().st_mtime_ns)]
+        calls = sim_requests(sim)
+
+        again = run_pipeline(cfg, run, quiet=True)
+        assert sim_requests(sim) == calls, "a warm re-run must not call the teacher"
+        assert again.synth.requests == 0 and again.bundle.bundled == 0 and not again.export.rewritten
+        assert [(p, p.stat().st_mtime_ns) for p, _ in stamps] == stamps
+    summary = write_report(cfg, run)
+    assert {p.name for p in (run / "report").iterdir()} >= {"summary.md", "scores.png", "confusion.png", "reasons.png",
+                                                             "acceptance_by_gold.png", "throughput.png"}
+    assert "Has0_acc_2" in summary.read_text() and "simulated" in summary.read_text()
+
+
+def test_shards_load_without_cotforge(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=2, **FAST)) as sim:
+        run_pipeline(pipeline(demo.root, run, sim.url), run, quiet=True)
+    accepted = ledger_counts(run)["accepted"]
+    code = f"""
+import sys, glob
+import datasets, polars as pl, pyarrow.parquet as pq
+shards = {str(run / 'shards')!r}
+ds = datasets.load_dataset("parquet", data_dir=shards)
+n_ds = sum(len(ds[s]) for s in ds)
+n_pl = pl.read_parquet(glob.glob(shards + "/*/*.parquet")).height
+table = pq.ParquetDataset(shards).read(columns=["key", "target", "rationale", "frames"])
+row = table.slice(0, 1).to_pylist()[0]
+assert row["target"].startswith("<think>") and row["rationale"]["calibration"]["score"] is not None and row["frames"]
+assert not any(m == "cotforge" or m.startswith("cotforge.") for m in sys.modules)
+print(n_ds, n_pl, table.num_rows)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_DATASETS_OFFLINE"] = "1"
+    env["HF_HOME"] = str(tmp_path / "hf")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == [str(accepted)] * 3
+
+
+def test_reask_then_hint_when_the_teacher_is_wrong(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=3, hard_share=1.0, **FAST)) as sim:
+        cfg = pipeline(demo.root, run, sim.url, reask={"samples": 2, "hint": True})
+        run_pipeline(cfg, run, quiet=True)
+    with Ledger(run / "ledger.sqlite") as ledger:
+        answers = ledger.answers()
+    assert answers
+    for entry in answers.values():
+        candidates = entry["answer"]["candidates"]
+        assert [c["hinted"] for c in candidates] == [False, False, True]
+        assert not candidates[0]["passed"] and "polarity_agrees" in candidates[0]["failed_rules"]
+        if entry["state"] == "accepted":
+            assert entry["answer"]["hinted"] is True
+    assert any(e["state"] == "accepted" for e in answers.values())
+
+
+def test_without_hint_wrong_answers_are_rejected_with_reasons(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=3, hard_share=1.0, **FAST)) as sim:
+        run_pipeline(pipeline(demo.root, run, sim.url, reask={"samples": 1, "hint": False}), run, quiet=True)
+    with Ledger(run / "ledger.sqlite") as ledger:
+        rows = ledger.db.execute("SELECT state, reason FROM clips WHERE stage = 'teacher'").fetchall()
+    assert rows and all(state == "rejected" and reason.startswith("rejected by polarity_agrees") for state, reason in rows)
+
+
+def test_faults_are_retried_and_broken_answers_are_judged_not_crashed(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    faults = {"rate_429": 0.15, "rate_500": 0.15, "rate_reset": 0.1, "rate_timeout": 0.05, "timeout_hold_s": 3,
+              "rate_malformed": 0.1, "rate_truncated": 0.1}
+    with SimProcess(SimConfig(port=0, seed=4, **FAST, **faults)) as sim:
+        cfg = pipeline(demo.root, run, sim.url, teacher={"timeout_s": 1.0, "max_retries": 8})
+        result = run_pipeline(cfg, run, quiet=True)
+        stats = httpx.get(f"{sim.root}/sim/stats", trust_env=False).json()
+    counts = ledger_counts(run)
+    assert counts["accepted"] + counts["rejected"] + counts["failed"] == 10
+    assert counts["pending"] == counts["bundled"] == 0
+    kinds = set(result.synth.retries)
+    assert {"429", "500", "connection", "timeout"} & kinds and sum(result.synth.retries.values()) > 0
+    assert stats["faults"]
+
+
+def test_cache_hit_makes_zero_http_calls_and_concurrency_is_bounded(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=6, latency_ms=60, capacity=16)) as sim:
+        cfg = pipeline(demo.root, run, sim.url, teacher={"concurrency": 3})
+        run_bundle(cfg.bundle_config(), run, quiet=True)
+        first = run_synth(cfg, run, quiet=True)
+        stats = httpx.get(f"{sim.root}/sim/stats", trust_env=False).json()
+        assert stats["max_in_flight"] <= 3 and first.max_in_flight <= 3
+        calls = sim_requests(sim)
+        with Ledger(run / "ledger.sqlite") as ledger:  # forget the outcomes, keep the cache
+            ledger.db.execute("UPDATE clips SET state = 'bundled', answer = NULL WHERE stage = 'teacher'")
+            ledger.commit()
+        second = run_synth(cfg, run, quiet=True)
+        assert sim_requests(sim) == calls
+        assert second.requests == 0 and second.cache_hits >= second.clips > 0
+        assert (second.accepted, second.rejected) == (first.accepted, first.rejected)
+
+
+def test_api_key_never_appears_in_outputs(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-cotforge-test-SECRET-9f3a"
+    monkeypatch.setenv("COTFORGE_TEACHER_API_KEY", secret)
+    run = tmp_path / "run"
+    log = tmp_path / "sim.jsonl"
+    with SimProcess(SimConfig(port=0, seed=7, log_path=log, **FAST)) as sim:
+        cfg = pipeline(demo.root, run, sim.url)
+        run_pipeline(cfg, run, quiet=True)
+        write_report(cfg, run)
+        server_output = sim.output()
+    assert secret not in server_output
+    for path in [log, *run.rglob("*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in json.dumps(cfg.public_dump())
+
+
+def test_unreachable_server_fails_fast_naming_the_url(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    url = "http://127.0.0.1:9/v1"
+    began = time.monotonic()
+    with pytest.raises(TeacherUnavailable, match="127.0.0.1:9"):
+        run_pipeline(pipeline(demo.root, run, url), run, quiet=True)
+    assert time.monotonic() - began < 10
+    assert sum(ledger_counts(run).values()) == 0  # refused before any decoding
+
+
+def test_model_not_served_lists_the_served_ones(demo, tmp_path: Path) -> None:
+    with SimProcess(SimConfig(port=0, **FAST)) as sim:
+        cfg = pipeline(demo.root, tmp_path / "run", sim.url, teacher={"model": "Qwen/Qwen3-Omni-30B-A3B-Instruct"})
+        with pytest.raises(TeacherUnavailable, match="it serves: sim/qwen3-omni"):
+            run_pipeline(cfg, tmp_path / "run", quiet=True)
+
+
+def test_refused_mm_kwargs_stop_with_the_server_flag_to_set(demo, tmp_path: Path) -> None:
+    with SimProcess(SimConfig(port=0, trust_request_mm_kwargs=False, **FAST)) as sim:
+        cfg = pipeline(demo.root, tmp_path / "run", sim.url)
+        with pytest.raises(TeacherUnavailable, match="--trust-request-mm-kwargs"):
+            run_pipeline(cfg, tmp_path / "run", quiet=True)
+        server_cfg = pipeline(demo.root, tmp_path / "run2", sim.url, teacher={"mm_kwargs": "server"})
+        run_pipeline(server_cfg, tmp_path / "run2", quiet=True)
+    assert ledger_counts(tmp_path / "run2")["accepted"] > 0
+
+
+def test_other_config_is_refused_unless_forced(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=8, **FAST)) as sim:
+        run_pipeline(pipeline(demo.root, run, sim.url), run, quiet=True)
+        other = pipeline(demo.root, run, sim.url, validate={"tolerance": 0.3})
+        with pytest.raises(RunError, match="another config"):
+            run_pipeline(other, run, quiet=True)
+        calls = sim_requests(sim)
+        result = run_export(other, run, force=True)
+        assert result.rewritten and sim_requests(sim) == calls
+    assert json.loads((run / "manifest.json").read_text())["config_hash"] == other.fingerprint()
+
+
+def test_keep_all_writes_every_passing_sample(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=9, noise=0.0, flip_rate=0.0, **FAST)) as sim:
+        cfg = pipeline(demo.root, run, sim.url, teacher={"samples": 2}, reask={"samples": 2, "keep": "all"})
+        run_pipeline(cfg, run, quiet=True)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert sum(manifest["shards"]["rows"].values()) == 2 * ledger_counts(run)["accepted"]
