@@ -5,7 +5,8 @@ Prints ratios measured side by side in one run on the same generated clips:
     H.264 cannot be bundled without decoding it; ffmpeg also resamples audio to 16 kHz mono);
   * the same ratio for a naive baseline (OpenCV reads every frame and keeps every k-th, plus an
     ffmpeg subprocess that extracts the audio);
-  * clips/s of the bundle stage with 2 worker processes / with 1.
+  * clips/s of the bundle stage with 2 worker processes / with 1, next to the machine's own limit for
+    the same decode (the clips split over 2 independent processes / 1 process, nothing shared).
 
 Usage: python bench/decode.py [--clips 12] [--seconds 8 12] [--repeat 3] [--workdir DIR]
 Needs the [dev] extra (imageio-ffmpeg for the ffmpeg binary, opencv-python-headless for the baseline).
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
+import multiprocessing.synchronize
 import resource
 import subprocess
 import sys
@@ -92,6 +95,27 @@ def naive_cpu(path: str, cfg: MediaConfig) -> float:
     return (self_cpu() - before) + (children_cpu() - before_children)
 
 
+def _decode_all(refs: list, cfg: MediaConfig, start: multiprocessing.synchronize.Barrier) -> None:
+    start.wait()
+    for ref in refs:
+        decode_clip(ref, cfg)
+
+
+def independent_rate(refs: list, cfg: MediaConfig, processes: int) -> float:
+    """The machine's own limit: the clips split over N processes that share nothing (no pool, no IPC)."""
+    ctx = multiprocessing.get_context("forkserver")
+    start = ctx.Barrier(processes + 1)
+    shares = [refs[i::processes] for i in range(processes)]
+    workers = [ctx.Process(target=_decode_all, args=(share, cfg, start)) for share in shares]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    return len(refs) / (time.perf_counter() - began)
+
+
 def pool_rate(refs: list, cfg: MediaConfig, workers: int) -> float:
     with DecodePool(cfg, workers) as pool:
         list(pool.map(refs[:workers]))  # start the workers before timing
@@ -124,8 +148,10 @@ def main() -> None:
         limit.append(min(ffmpeg_null_cpu(ref.media_path) for _ in range(args.repeat)))
         ours.append(min(bundle_cpu(ref, cfg) for _ in range(args.repeat)))
         naive.append(min(naive_cpu(ref.media_path, cfg) for _ in range(args.repeat)))
-    one = pool_rate(refs * 2, cfg, 1)
-    two = pool_rate(refs * 2, cfg, 2)
+    one = pool_rate(refs * 4, cfg, 1)
+    two = pool_rate(refs * 4, cfg, 2)
+    alone = independent_rate(refs * 4, cfg, 1)
+    pair = independent_rate(refs * 4, cfg, 2)
 
     ratio_ours = sum(ours) / sum(limit)
     ratio_naive = sum(naive) / sum(limit)
@@ -135,6 +161,8 @@ def main() -> None:
         ("naive CPU / ffmpeg -f null CPU", f"{ratio_naive:.2f}x"),
         ("naive CPU / bundle CPU", f"{sum(naive) / sum(ours):.2f}x"),
         ("clips/s 2 workers / 1 worker", f"{two / one:.2f}x  (target >= 1.70x)"),
+        ("machine limit: 2 independent processes / 1", f"{pair / alone:.2f}x  (same decode, no pool, no IPC)"),
+        ("pool scaling / machine limit", f"{(two / one) / (pair / alone):.2f}"),
     ]
     width = max(len(k) for k, _ in rows)
     print(f"{'measure':<{width}}  ratio")

@@ -8,6 +8,7 @@ teacher is before validation picks).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -60,6 +61,11 @@ def write_report(cfg: PipelineConfig, run: Path) -> Path:
     folder = run_dir.report
     folder.mkdir(parents=True, exist_ok=True)
     rows = _load(run_dir)
+    summary = folder / "summary.md"
+    stamp = folder / ".inputs"
+    digest = hashlib.sha256(json.dumps([rows, cfg.fingerprint()], sort_keys=True, default=str).encode()).hexdigest()
+    if summary.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        return summary  # nothing changed since the last report: plotting again would only cost time
     dataset = cfg.source.dataset
     vcfg = validate_config_for(rows[0]["dataset"] if rows else dataset, cfg)
     band = (vcfg.neutral_band, vcfg.neutral_inclusive)
@@ -79,8 +85,8 @@ def write_report(cfg: PipelineConfig, run: Path) -> Path:
             figure.savefig(folder / name, dpi=110, bbox_inches="tight")
             plt.close(figure)
             written[name] = True
-    summary = folder / "summary.md"
     summary.write_text(_summary(cfg, rows, judged, accepted, first, dataset, written), encoding="utf-8")
+    stamp.write_text(digest)
     return summary
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotforge.config import BundleConfig, PipelineConfig
+from cotforge.config import BundleConfig, PipelineConfig, TeacherConfig
 from rich.progress import Progress
 
 from cotforge.executors.progress import make_progress
@@ -37,8 +37,10 @@ from cotforge.store.ledger import Ledger
 from cotforge.store.run import RunDir
 from cotforge.teacher.cache import ResponseCache
 from cotforge.teacher.client import TeacherClient
+from cotforge.teacher.offline import OfflineTeacher
 from cotforge.teacher.plan import ClipPlan, estimate_text_tokens, rules_for
 from cotforge.teacher.prompts import render_teacher, scale_for
+from cotforge.teacher.request import ready as request_ready
 from cotforge.types import Bundle, ClipFailure, ClipRef, ClipState
 
 
@@ -92,7 +94,10 @@ def run_bundle(
             def todo() -> Iterator[ClipRef]:
                 for ref in source:
                     stats.read += 1
-                    if _admit(ledger, ref, retry_failed, stats):
+                    admitted = _admit(ledger, ref, retry_failed, stats)
+                    # short write transactions: the teacher stage writes the same ledger from another thread
+                    ledger.commit()
+                    if admitted:
                         yield ref
                     else:
                         advance()
@@ -101,6 +106,7 @@ def run_bundle(
                 for result in pool.map(todo()):
                     if isinstance(result, ClipFailure):
                         ledger.fail(result.ref.key, result.stage, result.reason, result.seconds)
+                        ledger.commit()
                         stats.failed += 1
                         stats.reasons[reason_kind(result.reason)] += 1
                         stats.decode_cpu_seconds += result.seconds
@@ -147,6 +153,11 @@ def run_synth(cfg: PipelineConfig, run: Path, quiet: bool = False) -> SynthStats
         return asyncio.run(_synth_async(cfg, RunDir(run), progress))
 
 
+def make_teacher(cfg: TeacherConfig) -> TeacherClient | OfflineTeacher:
+    """The backend the config names; both answer `ask(body, headers)` with a TeacherResponse."""
+    return OfflineTeacher(cfg) if cfg.backend == "vllm-offline" else TeacherClient(cfg)
+
+
 def _waiting_rows(ledger: Ledger, run_dir: RunDir) -> tuple[Iterator[dict], int]:
     """Bundle rows of clips that still need the teacher: bundled, or failed at the teacher before."""
     todo = set(ledger.keys_in_state(ClipState.BUNDLED)) | set(ledger.keys_failed_at("teacher"))
@@ -168,8 +179,10 @@ async def _synth_async(
         total += fresh_total
         cache = ResponseCache(run_dir.cache_path)
         media_pool = ProcessPoolExecutor(cfg.teacher.media_workers, mp_context=multiprocessing.get_context("forkserver"))
+        for _ in range(cfg.teacher.media_workers):  # start the workers while the preflight waits on the server
+            media_pool.submit(request_ready)
         try:
-            async with TeacherClient(cfg.teacher) as client:
+            async with make_teacher(cfg.teacher) as client:
                 await client.preflight()
                 if on_ready is not None:
                     on_ready()
@@ -185,7 +198,7 @@ async def _synth_async(
                     retries = sum(client.stats.retries.values())
                     progress.update(
                         task, advance=1,
-                        info=f"accepted {s.accepted} rejected {s.rejected} failed {s.failed} "
+                        info=f"asked {s.requests} accepted {s.accepted} rejected {s.rejected} failed {s.failed} "
                         f"cache {s.cache_hits} retries {retries} {rate:,.0f} tok/s",
                     )
 

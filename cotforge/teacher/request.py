@@ -120,3 +120,8 @@ def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     typed = {k: v for k, v in body.items() if k in OPENAI_KEYS}
     extra = {k: v for k, v in body.items() if k not in OPENAI_KEYS}
     return typed, extra
+
+
+def ready() -> None:
+    """Runs in a fresh media worker: importing this module has loaded PyAV, Pillow and the prompt templates."""
+
