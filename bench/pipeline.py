@@ -27,6 +27,7 @@ from cotforge.report import write_report
 from cotforge.store.ledger import Ledger
 from cotforge.sources.demo import make_demo_dataset
 from cotforge.teacher.sim import SimConfig, SimProcess
+from table import print_table  # bench/table.py, beside this script
 
 
 def main() -> None:
@@ -79,11 +80,7 @@ def main() -> None:
         ("warm re-run rewrote shards", str(warm.export.rewritten)),
         ("accepted rows in shards", str(sum(manifest["shards"]["rows"].values()))),
     ]
-    width = max(len(k) for k, _ in rows)
-    print(f"{'measure':<{width}}  value")
-    print("-" * (width + 40))
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    print_table(rows, "value")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from cotforge.store.bundles import bundle_row
 from cotforge.teacher.client import TeacherClient
 from cotforge.teacher.request import ClipMedia, build_request, materialize, split_body
 from cotforge.teacher.sim import SimConfig, SimProcess
+from table import print_table  # bench/table.py, beside this script
 
 
 def cpu() -> float:
@@ -110,11 +111,7 @@ def main() -> None:
         ("media encoding per clip, H.264/AAC", f"{h264:.1f} ms"),
         ("media encoding per clip, MJPEG/FLAC", f"{mjpeg:.1f} ms"),
     ]
-    width = max(len(k) for k, _ in lines)
-    print(f"{'measure':<{width}}  value")
-    print("-" * (width + 40))
-    for key, value in lines:
-        print(f"{key:<{width}}  {value}")
+    print_table(lines, "value")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,11 @@ def test_overrides_are_validated(tmp_path: Path) -> None:
         BundleConfig.model_validate(apply_overrides({"source": {"dataset": "mosi", "root": str(tmp_path)}}, ["media.fps=fast"]))
     with pytest.raises(ValueError, match="key.path=value"):
         apply_overrides({}, ["media.fps"])
+
+
+def test_corpus_json_schema_matches_parquet_schema() -> None:
+    from cotforge.store.shards import CORPUS_SCHEMA
+
+    schema = json.loads((SCHEMAS / "corpus_row.schema.json").read_text())
+    assert list(schema["properties"]) == CORPUS_SCHEMA.names
+    assert schema["properties"]["rationale"]["properties"]["discrimination"]["properties"]["polarity"]

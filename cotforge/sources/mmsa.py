@@ -59,7 +59,10 @@ class MMSASource:
         if not self.label_path.is_file():
             alt = [p.name for p in self.root.glob("*.csv")]
             hint = f" (CSV files there: {', '.join(alt)}; pass --label-file)" if alt else ""
-            raise SourceError(f"{self.label_path}: label file not found{hint}")
+            raise SourceError(
+                f"{self.label_path}: label file not found{hint}; point source.root (--root, or "
+                "--set source.root=DIR) at the dataset folder that holds label.csv and Raw/"
+            )
         raw = self.label_path.read_bytes()
         try:
             raw.decode(self.cfg.encoding)

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from cotforge import __version__
 from cotforge.config import ExportConfig
 from cotforge.dc import parse_teacher, polarity_of, render_student
+from cotforge.store.bundles import BUNDLE_SCHEMA
 from cotforge.teacher.cache import ResponseCache
 
 SCHEMA_VERSION = "1"
@@ -41,44 +42,27 @@ REVIEW = pa.struct(
         ("rating", pa.int32()), ("reviewer", pa.string()), ("reviewed_at", pa.string()),
     ]
 )
+# Columns a shard row copies from the clip's bundle row unchanged (types from BUNDLE_SCHEMA).
+FROM_BUNDLE = (
+    "key", "dataset", "split", "video_id", "clip_id", "language", "text", "label", "label_T", "label_A", "label_V",
+    "source_path", "start", "end", "duration", "media_hash", "audio", "audio_sample_rate", "frames",
+    "frame_timestamps", "frame_fps",
+)
+INLINE_MEDIA = ("audio", "frames")
+_ORDER = (
+    "id", "key", "sample", "dataset", "split", "video_id", "clip_id", "language", "text", "label", "label_polarity",
+    "label_T", "label_A", "label_V", "source_path", "start", "end", "duration", "media_hash", "audio",
+    "audio_sample_rate", "frames", "frame_timestamps", "frame_fps", "teacher_model", "prompt_version", "rationale",
+    "target", "teacher_score", "teacher_polarity", "error", "hinted", "attempts", "validation", "review",
+)
+_OWN = {
+    "id": pa.string(), "sample": pa.int32(), "label_polarity": pa.string(), "teacher_model": pa.string(),
+    "prompt_version": pa.string(), "rationale": RATIONALE, "target": pa.string(), "teacher_score": pa.float64(),
+    "teacher_polarity": pa.string(), "error": pa.float64(), "hinted": pa.bool_(), "attempts": pa.int32(),
+    "validation": pa.list_(RULE), "review": REVIEW,
+}
 CORPUS_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("key", pa.string()),
-        ("sample", pa.int32()),
-        ("dataset", pa.string()),
-        ("split", pa.string()),
-        ("video_id", pa.string()),
-        ("clip_id", pa.string()),
-        ("language", pa.string()),
-        ("text", pa.string()),
-        ("label", pa.float64()),
-        ("label_polarity", pa.string()),
-        ("label_T", pa.float64()),
-        ("label_A", pa.float64()),
-        ("label_V", pa.float64()),
-        ("source_path", pa.string()),
-        ("start", pa.float64()),
-        ("end", pa.float64()),
-        ("duration", pa.float64()),
-        ("media_hash", pa.string()),
-        ("audio", pa.binary()),
-        ("audio_sample_rate", pa.int32()),
-        ("frames", pa.list_(pa.binary())),
-        ("frame_timestamps", pa.list_(pa.float64())),
-        ("frame_fps", pa.float64()),
-        ("teacher_model", pa.string()),
-        ("prompt_version", pa.string()),
-        ("rationale", RATIONALE),
-        ("target", pa.string()),
-        ("teacher_score", pa.float64()),
-        ("teacher_polarity", pa.string()),
-        ("error", pa.float64()),
-        ("hinted", pa.bool_()),
-        ("attempts", pa.int32()),
-        ("validation", pa.list_(RULE)),
-        ("review", REVIEW),
-    ]
+    [(name, _OWN[name]) if name in _OWN else BUNDLE_SCHEMA.field(name) for name in _ORDER]
 )
 
 
@@ -139,32 +123,14 @@ def corpus_rows(bundle: dict, entry: dict, cache: ResponseCache, cfg: ExportConf
             raise RuntimeError(f"{bundle['key']}: its answer is not in cache.sqlite; re-run `cotforge synth` for it")
         parsed = parse_teacher(response.contents[candidate["index"]])
         rationale = parsed.rationale
-        inline = cfg.media == "inline"
+        row = {name: bundle[name] for name in FROM_BUNDLE}
+        if cfg.media == "path":
+            row.update(dict.fromkeys(INLINE_MEDIA))
         yield {
+            **row,
             "id": f"{bundle['key']}#{sample}",
-            "key": bundle["key"],
             "sample": sample,
-            "dataset": bundle["dataset"],
-            "split": bundle["split"],
-            "video_id": bundle["video_id"],
-            "clip_id": bundle["clip_id"],
-            "language": bundle["language"],
-            "text": bundle["text"],
-            "label": bundle["label"],
             "label_polarity": polarity_of(bundle["label"], *neutral).value,
-            "label_T": bundle["label_T"],
-            "label_A": bundle["label_A"],
-            "label_V": bundle["label_V"],
-            "source_path": bundle["source_path"],
-            "start": bundle["start"],
-            "end": bundle["end"],
-            "duration": bundle["duration"],
-            "media_hash": bundle["media_hash"],
-            "audio": bundle["audio"] if inline else None,
-            "audio_sample_rate": bundle["audio_sample_rate"],
-            "frames": bundle["frames"] if inline else None,
-            "frame_timestamps": bundle["frame_timestamps"],
-            "frame_fps": bundle["frame_fps"],
             "teacher_model": response.model,
             "prompt_version": answer.get("prompt_version"),
             "rationale": rationale.model_dump(mode="json"),
