@@ -164,6 +164,11 @@ class TeacherConfig(Section):
         description="send mm_processor_kwargs/media_io_kwargs per request (server needs --trust-request-mm-kwargs) "
         "or rely on the server's --mm-processor-kwargs/--media-io-kwargs",
     )
+    media_dir: Path | None = Field(
+        default=None,
+        description="write request MP4s here and send file:// URLs instead of base64 (a folder the server also "
+        "sees, inside its --allowed-local-media-path)",
+    )
     simulated: bool = Field(default=False, description="the teacher is `cotforge teacher-sim`: send the gold label in headers")
     media_workers: int = Field(default=2, ge=1, le=256, description="processes that mux request media")
 

@@ -231,3 +231,18 @@ def test_keep_all_writes_every_passing_sample(demo, tmp_path: Path) -> None:
         run_pipeline(cfg, run, quiet=True)
     manifest = json.loads((run / "manifest.json").read_text())
     assert sum(manifest["shards"]["rows"].values()) == 2 * ledger_counts(run)["accepted"]
+
+
+def test_media_by_file_url_for_a_server_on_a_shared_filesystem(demo, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    with SimProcess(SimConfig(port=0, seed=10, allowed_local_media_path=shared, log_path=tmp_path / "log.jsonl", **FAST)) as sim:
+        cfg = pipeline(demo.root, tmp_path / "run", sim.url, teacher={"media_dir": str(shared / "media")})
+        run_pipeline(cfg, tmp_path / "run", quiet=True)
+    assert ledger_counts(tmp_path / "run")["accepted"] > 0
+    assert len(list((shared / "media").glob("*.mp4"))) == 8
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(entry["status"] == 200 for entry in logged)
+    with SimProcess(SimConfig(port=0, **FAST)) as sim:  # a server that may not read local files
+        cfg = pipeline(demo.root, tmp_path / "run2", sim.url, teacher={"media_dir": str(shared / "media")})
+        with pytest.raises(TeacherUnavailable, match="--allowed-local-media-path"):
+            run_pipeline(cfg, tmp_path / "run2", quiet=True)

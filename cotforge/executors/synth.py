@@ -118,7 +118,9 @@ class Synthesizer:
             return request.cache_key, request.prompt_version, cached
         media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
         loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(self.media_pool, materialize, request.body, media, self.cfg.teacher.video_codec)
+        body = await loop.run_in_executor(
+            self.media_pool, materialize, request.body, media, self.cfg.teacher.video_codec, self.cfg.teacher.media_dir
+        )
         async with self.http:
             response = await self.client.ask(body, request.headers)
         self.stats.requests += 1

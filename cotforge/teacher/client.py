@@ -143,6 +143,11 @@ class TeacherClient:
                 message = _message(err)
                 if "mm_processor_kwargs" in message or "media_io_kwargs" in message:
                     raise TeacherUnavailable(f"the teacher at {self.cfg.url} refuses per-request media options ({message}); {MM_KWARGS_FIX}") from None
+                if "allowed-local-media-path" in message:
+                    raise TeacherUnavailable(
+                        f"the teacher at {self.cfg.url} cannot read teacher.media_dir={self.cfg.media_dir} ({message}); start "
+                        "vLLM with --allowed-local-media-path covering that folder on a filesystem it shares, or unset teacher.media_dir"
+                    ) from None
                 self.stats.failures["400"] += 1
                 raise TeacherCallError(f"teacher refused the request (400): {message}") from None
             except openai.NotFoundError as err:

@@ -13,7 +13,9 @@ import base64
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cotforge.config import TeacherConfig
@@ -101,18 +103,32 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, hint: str | None = No
     )
 
 
-def materialize(body: dict[str, Any], media: ClipMedia, codec: str) -> dict[str, Any]:
-    """Fill the media placeholders with data URLs; runs in a worker process."""
+def materialize(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None) -> dict[str, Any]:
+    """Fill the media placeholders (data URLs, or file:// URLs under `media_dir`); runs in a worker process."""
     filled = copy.deepcopy(body)
     content = filled["messages"][1]["content"]
     separate = any(p["type"] == "input_audio" for p in content)
     for part in content:
         if part["type"] == "video_url":
+            if media_dir is not None:
+                part["video_url"]["url"] = _local_video(media_dir, part["uuid"], media, codec, separate)
+                continue
             mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
             part["video_url"]["url"] = data_url("video/mp4", mp4)
         elif part["type"] == "input_audio":
             part["input_audio"]["data"] = base64.b64encode(wav_bytes(media.audio_flac)).decode("ascii")
     return filled
+
+
+def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separate: bool) -> str:
+    """Content-addressed MP4 in a shared folder: written once, so a re-ask or re-run reuses it."""
+    path = media_dir / f"{uuid.replace(':', '-')}-{codec}.mp4"
+    if not path.is_file():
+        media_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec))
+        tmp.rename(path)
+    return path.resolve().as_uri()
 
 
 def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

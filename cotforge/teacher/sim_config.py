@@ -45,6 +45,9 @@ class SimConfig(BaseModel):
     trust_request_mm_kwargs: bool = Field(
         default=True, description="accept per-request mm_processor_kwargs/media_io_kwargs (vLLM's --trust-request-mm-kwargs)"
     )
+    allowed_local_media_path: Path | None = Field(
+        default=None, description="folder whose file:// media URLs are read, as vLLM's --allowed-local-media-path"
+    )
     log_path: Path | None = Field(default=None, description="JSONL request log, one line per request")
     log_bodies: bool = Field(default=False, description="also write each full request body, media included, to the log")
 

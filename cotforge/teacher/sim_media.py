@@ -13,6 +13,8 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import av
 from PIL import Image, UnidentifiedImageError
@@ -54,6 +56,18 @@ def split_data_url(url: str, where: str) -> tuple[str, str]:
             "the simulator fetches nothing, so send media inline"
         )
     return match["mime"], match["payload"]
+
+
+def read_local(url: str, allowed: Path | None, where: str) -> bytes:
+    """A file:// media URL, read only under the allowed folder, as vLLM's --allowed-local-media-path does."""
+    if allowed is None:
+        raise MediaError(f"{where}: Cannot load local files without `--allowed-local-media-path`.")
+    path = Path(unquote(urlparse(url).path)).resolve()
+    if not path.is_relative_to(Path(allowed).resolve()):
+        raise MediaError(f"{where}: The file path {path} must be a subpath of `--allowed-local-media-path` {allowed}.")
+    if not path.is_file():
+        raise MediaError(f"{where}: no such file {path}")
+    return path.read_bytes()
 
 
 def decode_base64(payload: str, where: str) -> bytes:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from cotforge.teacher.sim_config import MODALITIES, SimConfig
@@ -24,6 +25,7 @@ from cotforge.teacher.sim_media import (
     probe_image,
     probe_jpeg_frames,
     probe_video,
+    read_local,
     split_data_url,
     text_tokens,
     video_tokens,
@@ -94,6 +96,7 @@ class MediaOptions:
     use_audio_in_video: bool = False
     fps: float | None = None
     num_frames: int | None = None
+    allowed_local_media_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,7 @@ def check_request(body: Any, cfg: SimConfig) -> CheckedRequest:
         raise invalid("The request body must be a JSON object")
     if body.get("model") not in (None, cfg.model):
         raise SimError(404, f"The model `{body['model']}` does not exist.", "model")
-    options = _media_options(body, cfg.trust_request_mm_kwargs)
+    options = replace(_media_options(body, cfg.trust_request_mm_kwargs), allowed_local_media_path=cfg.allowed_local_media_path)
     n = _int_field(body, "n", 1, MAX_CHOICES) or 1
     max_tokens = _int_field(body, "max_completion_tokens", 1, None) or _int_field(body, "max_tokens", 1, None)
     structured = _structured(body)
@@ -264,7 +267,12 @@ def _load(where: str, part: dict[str, Any], options: MediaOptions) -> MediaItem:
         if kind == "input_audio":
             data = decode_base64(part["input_audio"]["data"], where)
             return MediaItem(kind, f"audio/{part['input_audio']['format']}", len(data), audio_tokens(probe_audio(data, where)))
-        mime, payload = split_data_url(part[kind]["url"], where)
+        url = part[kind]["url"]
+        if url.startswith("file://"):
+            data = read_local(url, options.allowed_local_media_path, where)
+            return _video_item("video/mp4", len(data), probe_video(data, where), options) if kind == "video_url" else \
+                MediaItem(kind, "audio/wav", len(data), audio_tokens(probe_audio(data, where)))
+        mime, payload = split_data_url(url, where)
         if kind == "video_url" and mime == "video/jpeg":
             video = probe_jpeg_frames(payload, where)
             return _video_item(mime, len(payload) * 3 // 4, video, options)
