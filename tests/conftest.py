@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - imported early: its plugin importing it at the end of a run trips a CPython 3.11 AST bug
 import pytest
 
 from cotforge.sources.demo import DemoDataset, make_demo_dataset

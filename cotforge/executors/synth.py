@@ -209,6 +209,7 @@ async def run_clips(
 ) -> None:
     """Process rows with at most `limit` clips in progress; a fatal teacher error cancels the rest."""
     pending: set[asyncio.Task] = set()
+    finished: list[asyncio.Task] = []
     source = iter(rows)
     exhausted = False
     try:
@@ -222,12 +223,16 @@ async def run_clips(
             if not pending:
                 return
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                outcome = task.result()
+            finished = list(done)
+            while finished:
+                outcome = finished.pop().result()
                 synth.count(outcome)
                 on_outcome(outcome)
     finally:
-        for task in pending:
+        # a fatal error leaves other clips running or finished: stop them, and collect every exception
+        # so none is reported as "never retrieved"; their clips stay where they were for the re-run
+        leftover = [*pending, *finished]
+        for task in leftover:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        if leftover:
+            await asyncio.gather(*leftover, return_exceptions=True)
