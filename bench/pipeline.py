@@ -67,7 +67,7 @@ def main() -> None:
     rate = judged / first_wall
     manifest = json.loads((run / "manifest.json").read_text())
     with Ledger(run / "ledger.sqlite") as ledger:
-        judged_at = sorted(t for (t,) in ledger.db.execute("SELECT updated_at FROM clips WHERE stage = 'teacher'"))
+        judged_at = sorted(t for (t,) in ledger.db.execute("SELECT judged_at FROM clips WHERE judged_at IS NOT NULL"))
     steady = (len(judged_at) - 1) / (judged_at[-1] - judged_at[0])
     rows = [
         ("clips judged / requests sent (first run)", f"{judged} / {first.synth.requests}"),

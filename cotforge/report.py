@@ -38,13 +38,13 @@ def _first_answer(answer: dict[str, Any]) -> dict[str, Any] | None:
 def _load(run_dir: RunDir) -> list[dict[str, Any]]:
     with run_dir.open_ledger() as ledger:
         rows = ledger.db.execute(
-            "SELECT key, dataset, split, state, stage, reason, ref, answer, updated_at FROM clips ORDER BY updated_at"
+            "SELECT key, dataset, split, state, stage, reason, ref, answer, judged_at FROM clips ORDER BY judged_at, key"
         ).fetchall()
     out = []
-    for key, dataset, split, state, stage, reason, ref, answer, updated in rows:
+    for key, dataset, split, state, stage, reason, ref, answer, judged in rows:
         out.append({
             "key": key, "dataset": dataset, "split": split, "state": state, "stage": stage, "reason": reason,
-            "label": json.loads(ref).get("label"), "answer": json.loads(answer) if answer else None, "updated_at": updated,
+            "label": json.loads(ref).get("label"), "answer": json.loads(answer) if answer else None, "judged_at": judged,
         })
     return out
 
@@ -154,7 +154,7 @@ def _plot_acceptance(judged, score_range):
 
 
 def _plot_throughput(judged):
-    times = sorted(r["updated_at"] for r in judged)
+    times = sorted(r["judged_at"] for r in judged if r["judged_at"] is not None)
     if len(times) < 2:
         return None
     t = np.array(times) - times[0]

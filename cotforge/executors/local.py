@@ -179,8 +179,9 @@ async def _synth_async(
         total += fresh_total
         cache = ResponseCache(run_dir.cache_path)
         media_pool = ProcessPoolExecutor(cfg.teacher.media_workers, mp_context=multiprocessing.get_context("forkserver"))
-        for _ in range(cfg.teacher.media_workers):  # start the workers while the preflight waits on the server
-            media_pool.submit(request_ready)
+        if total:  # start the workers while the preflight waits on the server, when there is work for them
+            for _ in range(cfg.teacher.media_workers):
+                media_pool.submit(request_ready)
         try:
             async with make_teacher(cfg.teacher) as client:
                 await client.preflight()

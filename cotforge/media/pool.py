@@ -30,16 +30,6 @@ def decode_or_fail(ref: ClipRef, cfg: MediaConfig) -> Bundle | ClipFailure:
         return ClipFailure(ref, f"decoder error: {type(err).__name__}: {err}", "decode", time.process_time() - began)
 
 
-def _ready() -> None:
-    """Runs in a fresh worker: importing this module has loaded PyAV, NumPy and Pillow."""
-
-
-def warm_up(executor: ProcessPoolExecutor, workers: int) -> None:
-    """Start the workers now, while the caller does other start-up work, not when the first clip waits."""
-    for _ in range(workers):
-        executor.submit(_ready)
-
-
 class DecodePool:
     def __init__(self, cfg: MediaConfig, workers: int, in_flight: int = 0) -> None:
         self.cfg = cfg
@@ -49,7 +39,6 @@ class DecodePool:
 
     def __enter__(self) -> DecodePool:
         self._executor = self._new_executor()
-        warm_up(self._executor, self.workers)
         return self
 
     def __exit__(self, *exc: object) -> None:

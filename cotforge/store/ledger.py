@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS clips (
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     teacher_seconds REAL,
+    judged_at REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -129,13 +130,14 @@ class Ledger:
 
     def record_answer(self, key: str, state: ClipState, reason: str | None, answer: dict, stage: str = "teacher") -> None:
         """Store the teacher/validator outcome of a clip: accepted, rejected (with reason) or failed."""
+        now = time.time()
         self.db.execute(
             "UPDATE clips SET state = ?, stage = ?, reason = ?, teacher_model = ?, prompt_version = ?, hinted = ?,"
             " requests = requests + ?, teacher_score = ?, teacher_polarity = ?, answer = ?, prompt_tokens = ?,"
-            " completion_tokens = ?, teacher_seconds = ?, updated_at = ? WHERE key = ?",
+            " completion_tokens = ?, teacher_seconds = ?, judged_at = ?, updated_at = ? WHERE key = ?",
             (state, stage, reason, answer.get("teacher_model"), answer.get("prompt_version"), int(bool(answer.get("hinted"))),
              answer.get("requests", 0), answer.get("score"), answer.get("polarity"), json.dumps(answer, ensure_ascii=False),
-             answer.get("prompt_tokens"), answer.get("completion_tokens"), answer.get("seconds"), time.time(), key),
+             answer.get("prompt_tokens"), answer.get("completion_tokens"), answer.get("seconds"), now, now, key),
         )
 
     def keys_in_state(self, *states: ClipState) -> list[str]:
