@@ -246,3 +246,19 @@ def test_media_by_file_url_for_a_server_on_a_shared_filesystem(demo, tmp_path: P
         cfg = pipeline(demo.root, tmp_path / "run2", sim.url, teacher={"media_dir": str(shared / "media")})
         with pytest.raises(TeacherUnavailable, match="--allowed-local-media-path"):
             run_pipeline(cfg, tmp_path / "run2", quiet=True)
+
+
+def test_plan_estimates_what_the_server_counts(demo, tmp_path: Path) -> None:
+    from cotforge.executors.local import run_plan
+
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=11, noise=0.0, flip_rate=0.0, **FAST)) as sim:
+        cfg = pipeline(demo.root, run, sim.url, reask={"samples": 1, "hint": False})
+        run_bundle(cfg.bundle_config(), run, quiet=True)
+        plan = run_plan(cfg, run)
+        stats = run_synth(cfg, run, quiet=True)
+    assert len(plan.clips) == 8 and plan.requests_low == 8
+    assert all(c.video_tokens > 0 and c.audio_tokens > 0 and c.text_tokens > 100 for c in plan.clips)
+    assert plan.prompt_tokens == pytest.approx(stats.prompt_tokens, rel=0.15)
+    assert not plan.completion_observed and plan.completion_per_request == cfg.teacher.max_tokens
+    assert run_plan(cfg, run).completion_observed  # after synth, the cache's average is used
