@@ -140,7 +140,7 @@ def status(
     examples: Annotated[int, typer.Option(help="Example reasons shown per kind of failure.")] = 2,
 ) -> None:
     """Counts per state and split, and why clips failed or were rejected."""
-    from cotforge.executors.local import reason_kind
+    from cotforge.store.ledger import reason_kind
     from cotforge.store.run import RunDir
 
     run_dir = RunDir(run)

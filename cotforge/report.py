@@ -25,6 +25,7 @@ from cotforge.config import PipelineConfig  # noqa: E402
 from cotforge.dc import polarity_of  # noqa: E402
 from cotforge.executors.synth import validate_config_for  # noqa: E402
 from cotforge.metrics import msa_metrics  # noqa: E402
+from cotforge.store.ledger import reason_kind  # noqa: E402
 from cotforge.store.run import RunDir  # noqa: E402
 
 POLARITIES = ("negative", "neutral", "positive")
@@ -124,7 +125,7 @@ def _plot_confusion(judged, band):
 
 
 def _plot_reasons(rows):
-    counts = Counter(f"{r['stage']}: {(r['reason'] or '').split(':')[0]}" for r in rows if r["state"] in ("failed", "rejected"))
+    counts = Counter(f"{r['stage']}: {reason_kind(r['reason'])}" for r in rows if r["state"] in ("failed", "rejected"))
     if not counts:
         return None
     items = counts.most_common(12)[::-1]
@@ -202,7 +203,7 @@ def _summary(cfg, rows, judged, accepted, first, dataset, written) -> str:
             lines.append(f"| accepted chains | {len(accepted)} | " + " | ".join(_fmt(m_acc[k]) for k in keys) + " |")
     else:
         lines.append("(too few judged clips for metrics)")
-    reasons = Counter(f"{r['stage']}: {(r['reason'] or '').split(':')[0]}" for r in rows if r["state"] in ("failed", "rejected"))
+    reasons = Counter(f"{r['stage']}: {reason_kind(r['reason'])}" for r in rows if r["state"] in ("failed", "rejected"))
     lines += ["", "## Rejections and failures", ""]
     lines += [f"- {n} x {reason}" for reason, n in reasons.most_common()] or ["- none"]
     lines += ["", "## Plots", ""]

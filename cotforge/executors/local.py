@@ -29,11 +29,11 @@ from rich.progress import Progress
 from cotforge.executors.progress import make_progress
 from cotforge.executors.synth import ClipOutcome, SynthStats, Synthesizer, run_clips
 from cotforge.media.pool import DecodePool
-from cotforge.sources import open_source
+from cotforge.sources import Source, open_source
 from cotforge.executors.export import check_config, run_export
 from cotforge.store.bundles import BundleWriter, bundle_row, iter_bundles
 from cotforge.store.shards import ExportResult
-from cotforge.store.ledger import Ledger
+from cotforge.store.ledger import Ledger, reason_kind
 from cotforge.store.run import RunDir
 from cotforge.teacher.cache import ResponseCache
 from cotforge.teacher.client import TeacherClient
@@ -55,11 +55,6 @@ class BundleStats:
     reasons: Counter = field(default_factory=Counter)
 
 
-def reason_kind(reason: str) -> str:
-    """Group reasons by their fixed head ("media file missing: /a/b.mp4" -> "media file missing")."""
-    return reason.split(":", 1)[0]
-
-
 def run_bundle(
     cfg: BundleConfig,
     run: Path,
@@ -67,21 +62,26 @@ def run_bundle(
     quiet: bool = False,
     progress: Progress | None = None,
     on_bundle: Callable[[Bundle], None] | None = None,
+    source: Source | None = None,
+    total: int | None = None,
 ) -> BundleStats:
     """Decode every pending clip of the source into bundle parts.
 
     `on_bundle` sees each bundle as soon as it is decoded (the streaming `run` feeds the teacher
     with it); it may block, which is how the teacher stage slows decoding down (backpressure).
+    A caller that has already checked and counted the source passes it, so it is not read again.
     """
-    source = open_source(cfg.source)
-    source.check()
+    if source is None:
+        source = open_source(cfg.source)
+        source.check()
     run_dir = RunDir(run)
     stats = BundleStats()
     began = time.perf_counter()
     with run_dir.open_ledger() as ledger:
         run_dir.bind_bundle_config(ledger, cfg)
         writer = BundleWriter(run_dir.bundles, cfg.media.fingerprint(), cfg.exec.bundle_part_rows)
-        total = sum(1 for _ in source)
+        if total is None:
+            total = sum(1 for _ in source)
         own_progress = progress is None
         if progress is None:
             progress = make_progress(quiet)
@@ -238,8 +238,11 @@ def run_pipeline(cfg: PipelineConfig, run: Path, force: bool = False, quiet: boo
     with run_dir.open_ledger() as ledger:
         ledger.reset_unbundled()
         done = set(ledger.keys_in_state(*(s for s in ClipState if s is not ClipState.PENDING)))
-    # clips the decoder will hand over (for the teacher bar's total): rows not decided yet
-    expected = sum(1 for ref in source if ref.error is None and ref.key not in done)
+    # one pass over the source: rows for the decode bar, rows the decoder will hand over for the teacher bar
+    total = expected = 0
+    for ref in source:
+        total += 1
+        expected += ref.error is None and ref.key not in done
     handoff: queue.Queue = queue.Queue(maxsize=max(2, cfg.teacher.concurrency))
     stop = threading.Event()
     box: dict[str, Any] = {}
@@ -257,7 +260,9 @@ def run_pipeline(cfg: PipelineConfig, run: Path, force: bool = False, quiet: boo
 
     def decode() -> None:
         try:
-            box["bundle"] = run_bundle(cfg.bundle_config(), run, quiet=quiet, progress=progress, on_bundle=on_bundle)
+            box["bundle"] = run_bundle(
+                cfg.bundle_config(), run, quiet=quiet, progress=progress, on_bundle=on_bundle, source=source, total=total
+            )
         except PipelineStopped:
             pass
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread

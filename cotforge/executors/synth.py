@@ -22,6 +22,7 @@ from typing import Any
 
 from cotforge.config import PipelineConfig
 from cotforge.dc import ParseResult, parse_teacher, polarity_of
+from cotforge.store.ledger import reason_kind
 from cotforge.teacher.cache import ResponseCache, TeacherResponse
 from cotforge.teacher.client import TeacherCallError, TeacherClient
 from cotforge.teacher.request import ClipMedia, build_request, materialize
@@ -200,7 +201,7 @@ class Synthesizer:
         else:
             self.stats.failed += 1
         if outcome.reason:
-            kind = outcome.reason.split(":", 1)[0]
+            kind = reason_kind(outcome.reason)
             self.stats.reasons[kind] = self.stats.reasons.get(kind, 0) + 1
 
 

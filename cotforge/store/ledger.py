@@ -51,6 +51,14 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def reason_kind(reason: str | None) -> str:
+    """Group reasons by their fixed head ("media file missing: /a/b.mp4" -> "media file missing").
+
+    Every reason cotforge records is written as "<kind>: <details>" for this.
+    """
+    return (reason or "").split(":", 1)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class StateCounts:
     by_state: dict[str, int]
