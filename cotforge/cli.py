@@ -28,7 +28,7 @@ DATASETS = ["mosi", "mosei", "sims", "simsv2"]
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -118,6 +118,8 @@ def bundle(
         stats = run_bundle(cfg, run, retry_failed=retry_failed, quiet=quiet)
     except (SourceError, RunError) as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; finished bundle parts are kept; re-run the same command to resume.", code=130)
     table = Table(title=f"bundle {run}", show_header=False)
     table.add_row("rows read", str(stats.read))
     table.add_row("bundled now", str(stats.bundled))
@@ -239,6 +241,8 @@ def synth(
         stats = run_synth(cfg, run, quiet=quiet)
     except TeacherUnavailable as exc:
         fail(str(exc), code=3)
+    except KeyboardInterrupt:
+        fail("interrupted; every answer received is cached; re-run the same command to resume.", code=130)
     _print_synth(stats)
     out.print(f"next: cotforge export --run {run}")
 
@@ -308,6 +312,8 @@ def _run_pipeline(cfg, force: bool, quiet: bool):
         fail(str(exc))
     except TeacherUnavailable as exc:
         fail(f"{exc}\nwhat is done is kept; re-run the same command to resume.", code=3)
+    except KeyboardInterrupt:
+        fail("interrupted; what is done is kept (ledger, cache, bundle parts); re-run the same command to resume.", code=130)
     run_dir.save_config(cfg.public_dump())
     summary = write_report(cfg, cfg.run)
     _print_synth(result.synth)

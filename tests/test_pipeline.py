@@ -262,3 +262,38 @@ def test_plan_estimates_what_the_server_counts(demo, tmp_path: Path) -> None:
     assert plan.prompt_tokens == pytest.approx(stats.prompt_tokens, rel=0.15)
     assert not plan.completion_observed and plan.completion_per_request == cfg.teacher.max_tokens
     assert run_plan(cfg, run).completion_observed  # after synth, the cache's average is used
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_without_repeating_a_teacher_call(demo, tmp_path: Path) -> None:
+    import signal
+
+    import yaml
+
+    run = tmp_path / "run"
+    log = tmp_path / "sim.jsonl"
+    with SimProcess(SimConfig(port=0, seed=12, latency_ms=400, capacity=2, log_path=log)) as sim:
+        cfg = pipeline(demo.root, run, sim.url, teacher={"concurrency": 2})
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(cfg.public_dump()))
+        command = [sys.executable, "-m", "cotforge.cli", "run", str(path), "--run", str(run), "-q"]
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if (run / "ledger.sqlite").exists() and sum(ledger_counts(run)[s] for s in ("accepted", "rejected")) >= 2:
+                break
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130 and "re-run the same command to resume" in err
+        with Ledger(run / "ledger.sqlite") as ledger:
+            judged = set(ledger.answers())
+        assert 2 <= len(judged) < 8
+        sent_before = len(log.read_text().splitlines())
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr[-2000:]
+    counts = ledger_counts(run)
+    assert counts["accepted"] + counts["rejected"] + counts["failed"] == 10
+    # requests cut off by the interrupt may be sent again; a clip whose answers were all received may not
+    asked_again = {json.loads(line)["key"] for line in log.read_text().splitlines()[sent_before:]}
+    assert asked_again and not asked_again & judged
