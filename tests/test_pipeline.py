@@ -297,3 +297,51 @@ def test_an_interrupted_run_resumes_without_repeating_a_teacher_call(demo, tmp_p
     # requests cut off by the interrupt may be sent again; a clip whose answers were all received may not
     asked_again = {json.loads(line)["key"] for line in log.read_text().splitlines()[sent_before:]}
     assert asked_again and not asked_again & judged
+
+
+def test_a_clip_whose_media_cannot_be_encoded_fails_alone(demo, tmp_path: Path) -> None:
+    import asyncio
+
+    from cotforge.executors.synth import MediaWorkers, Synthesizer
+    from cotforge.store.bundles import iter_bundles
+    from cotforge.teacher.cache import ResponseCache
+    from cotforge.teacher.client import TeacherClient
+
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=13, **FAST)) as sim:
+        cfg = pipeline(demo.root, run, sim.url)
+        run_bundle(cfg.bundle_config(), run, quiet=True)
+        with Ledger(run / "ledger.sqlite") as ledger:
+            rows = list(iter_bundles(run / "bundles", ledger.bundle_locations()))[:2]
+        rows[0] = {**rows[0], "frames": [b"not a jpeg"]}
+
+        async def go() -> list:
+            media = MediaWorkers(1)
+            try:
+                async with TeacherClient(cfg.teacher) as client:
+                    synth = Synthesizer(cfg, ResponseCache(tmp_path / "cache.sqlite"), client, media)
+                    return [await synth.process(row) for row in rows]
+            finally:
+                media.shutdown()
+
+        broken, fine = asyncio.run(go())
+    assert broken.state == "failed" and broken.reason.startswith("media encoding failed: ")
+    assert fine.state in ("accepted", "rejected")
+
+
+def test_media_workers_are_rebuilt_after_a_crash() -> None:
+    import asyncio
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cotforge.executors.synth import MediaWorkers
+
+    async def go() -> int:
+        media = MediaWorkers(1)
+        try:
+            with pytest.raises(BrokenProcessPool):
+                await media.run(os._exit, 3)  # a worker dying the way a crash inside FFmpeg would
+            return await media.run(abs, -7)
+        finally:
+            media.shutdown()
+
+    assert asyncio.run(go()) == 7

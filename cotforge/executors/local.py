@@ -11,14 +11,12 @@ import asyncio
 import contextlib
 import itertools
 import math
-import multiprocessing
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from cotforge.config import BundleConfig, PipelineConfig, TeacherConfig
 from rich.progress import Progress
 
 from cotforge.executors.progress import make_progress
-from cotforge.executors.synth import ClipOutcome, SynthStats, Synthesizer, run_clips
+from cotforge.executors.synth import ClipOutcome, MediaWorkers, SynthStats, Synthesizer, run_clips
 from cotforge.media.pool import DecodePool
 from cotforge.sources import Source, open_source
 from cotforge.executors.export import check_config, run_export
@@ -40,7 +38,6 @@ from cotforge.teacher.client import TeacherClient
 from cotforge.teacher.offline import OfflineTeacher
 from cotforge.teacher.plan import ClipPlan, estimate_text_tokens, rules_for
 from cotforge.teacher.prompts import render_teacher, scale_for
-from cotforge.teacher.request import ready as request_ready
 from cotforge.types import Bundle, ClipFailure, ClipRef, ClipState
 
 
@@ -178,16 +175,15 @@ async def _synth_async(
         rows = itertools.chain(waiting, fresh)
         total += fresh_total
         cache = ResponseCache(run_dir.cache_path)
-        media_pool = ProcessPoolExecutor(cfg.teacher.media_workers, mp_context=multiprocessing.get_context("forkserver"))
-        if total:  # start the workers while the preflight waits on the server, when there is work for them
-            for _ in range(cfg.teacher.media_workers):
-                media_pool.submit(request_ready)
+        media = MediaWorkers(cfg.teacher.media_workers)
+        if total:
+            media.warm()
         try:
             async with make_teacher(cfg.teacher) as client:
                 await client.preflight()
                 if on_ready is not None:
                     on_ready()
-                synth = Synthesizer(cfg, cache, client, media_pool)
+                synth = Synthesizer(cfg, cache, client, media)
                 task = progress.add_task("teacher", total=total, info="")
                 began = time.perf_counter()
 
@@ -209,7 +205,7 @@ async def _synth_async(
                 synth.stats.max_in_flight = client.stats.max_in_flight
                 return synth.stats
         finally:
-            media_pool.shutdown(wait=True, cancel_futures=True)
+            media.shutdown()
             cache.close()
 
 

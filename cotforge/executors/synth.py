@@ -14,9 +14,11 @@ other requests wait on the server, so the server's batch stays full.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +26,9 @@ from cotforge.config import PipelineConfig
 from cotforge.dc import ParseResult, parse_teacher, polarity_of
 from cotforge.store.ledger import reason_kind
 from cotforge.teacher.cache import ResponseCache, TeacherResponse
-from cotforge.teacher.client import TeacherCallError, TeacherClient
+from cotforge.teacher.client import TeacherCallError, TeacherClient, TeacherUnavailable
 from cotforge.teacher.request import ClipMedia, build_request, materialize
+from cotforge.teacher.request import ready as request_ready
 from cotforge.types import SCALES, ClipState
 from cotforge.validate import ValidateConfig, Verdict, pick_best, validate
 
@@ -100,14 +103,44 @@ def _rejection_reason(candidates: list[Candidate]) -> str:
     return f"rejected by {names}: {details} ({len(candidates)} samples)"
 
 
+class MediaWorkers:
+    """Processes that mux request media. A worker that dies (a crash inside FFmpeg) breaks the pool; it is
+    rebuilt, and only the clips that were on it fail, with a reason, instead of the run."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
+
+    def warm(self) -> None:
+        """Start the workers now (while the preflight waits on the server), not when the first clip needs one."""
+        for _ in range(self.workers):
+            self._pool.submit(request_ready)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        pool = self._pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                self._pool = self._new()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Synthesizer:
     """Turns bundle rows into ClipOutcomes; owns nothing but references to the cache and client."""
 
-    def __init__(self, cfg: PipelineConfig, cache: ResponseCache, client: TeacherClient, media_pool: ProcessPoolExecutor) -> None:
+    def __init__(self, cfg: PipelineConfig, cache: ResponseCache, client: TeacherClient, media: MediaWorkers) -> None:
         self.cfg = cfg
         self.cache = cache
         self.client = client
-        self.media_pool = media_pool
+        self.media = media
         self.http = asyncio.Semaphore(cfg.teacher.concurrency)
         self.stats = SynthStats()
 
@@ -118,10 +151,10 @@ class Synthesizer:
             self.stats.cache_hits += 1
             return request.cache_key, request.prompt_version, cached
         media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
-        loop = asyncio.get_running_loop()
-        body = await loop.run_in_executor(
-            self.media_pool, materialize, request.body, media, self.cfg.teacher.video_codec, self.cfg.teacher.media_dir
-        )
+        try:
+            body = await self.media.run(materialize, request.body, media, self.cfg.teacher.video_codec, self.cfg.teacher.media_dir)
+        except Exception as err:  # noqa: BLE001 - bad bundle media or a crashed worker fails this clip only
+            raise TeacherCallError(f"media encoding failed: {type(err).__name__}: {err}") from None
         async with self.http:
             response = await self.client.ask(body, request.headers)
         self.stats.requests += 1
@@ -138,6 +171,15 @@ class Synthesizer:
         return out
 
     async def process(self, row: dict[str, Any]) -> ClipOutcome:
+        """One clip's terminal outcome; only a fatal teacher error (TeacherUnavailable) escapes."""
+        try:
+            return await self._process(row)
+        except (TeacherUnavailable, asyncio.CancelledError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a bug must fail one clip with its reason, not the run
+            return ClipOutcome(row["key"], ClipState.FAILED, f"internal error: {type(err).__name__}: {err}", {"requests": 0})
+
+    async def _process(self, row: dict[str, Any]) -> ClipOutcome:
         began = time.perf_counter()
         gold = float(row["label"])
         vcfg = validate_config_for(row["dataset"], self.cfg)
