@@ -270,11 +270,12 @@ def export(
     """Rebuild RUN/shards and RUN/manifest.json from the ledger and cache (no teacher call)."""
     from cotforge.executors.export import run_export
     from cotforge.store.run import RunError
+    from cotforge.store.shards import ExportError
 
     cfg = _pipeline(None, run, set_ or [])
     try:
         result = run_export(cfg, run, force=force)
-    except RunError as exc:
+    except (RunError, ExportError) as exc:
         fail(str(exc))
     _print_export(run, result)
 
@@ -303,12 +304,13 @@ def _run_pipeline(cfg, force: bool, quiet: bool):
     from cotforge.report import write_report
     from cotforge.sources import SourceError
     from cotforge.store.run import RunDir, RunError
+    from cotforge.store.shards import ExportError
     from cotforge.teacher.client import TeacherUnavailable
 
     run_dir = RunDir(cfg.run)
     try:
         result = run_pipeline(cfg, cfg.run, force=force, quiet=quiet)
-    except (SourceError, RunError) as exc:
+    except (SourceError, RunError, ExportError) as exc:
         fail(str(exc))
     except TeacherUnavailable as exc:
         fail(f"{exc}\nwhat is done is kept; re-run the same command to resume.", code=3)

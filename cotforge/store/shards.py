@@ -66,6 +66,10 @@ CORPUS_SCHEMA = pa.schema(
 )
 
 
+class ExportError(Exception):
+    """The shards cannot be rebuilt from what the run directory holds."""
+
+
 @dataclass
 class ExportResult:
     rows: dict[str, int] = field(default_factory=dict)
@@ -120,7 +124,10 @@ def corpus_rows(bundle: dict, entry: dict, cache: ResponseCache, cfg: ExportConf
         candidate = answer["candidates"][index]
         response = cache.get(candidate["cache_key"])
         if response is None:
-            raise RuntimeError(f"{bundle['key']}: its answer is not in cache.sqlite; re-run `cotforge synth` for it")
+            raise ExportError(
+                f"{bundle['key']}: its accepted answer is not in cache.sqlite (deleted or replaced?), so the shards "
+                "cannot be rebuilt; restore RUN/cache.sqlite, or run the pipeline into a new --run folder"
+            )
         parsed = parse_teacher(response.contents[candidate["index"]])
         rationale = parsed.rationale
         row = {name: bundle[name] for name in FROM_BUNDLE}
