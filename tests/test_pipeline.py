@@ -345,3 +345,19 @@ def test_media_workers_are_rebuilt_after_a_crash() -> None:
             media.shutdown()
 
     assert asyncio.run(go()) == 7
+
+
+@pytest.mark.slow
+def test_cotforge_demo_command(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "cotforge.cli", "demo", "--out", str(out), "--clips", "8", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "a simulator, not a model" in done.stdout
+    run = out / "run"
+    assert {p.name for p in (run / "report").glob("*.png")} == {"scores.png", "confusion.png", "reasons.png",
+                                                                 "acceptance_by_gold.png", "throughput.png"}
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["counts"]["total"] == 8 and manifest["teacher_models"] == ["sim/qwen3-omni"]
+    assert sum(manifest["shards"]["rows"].values()) == manifest["counts"]["states"]["accepted"] > 0
+    assert all((run / f["path"]).is_file() for f in manifest["shards"]["files"])
