@@ -70,10 +70,11 @@ def run_export(cfg: PipelineConfig, run: Path, force: bool = False) -> ExportRes
                 entry = {**entry, "answer": {**entry["answer"], "chosen": _closest(entry["answer"])}}
             vcfg = validate_config_for(bundle["dataset"], cfg)
             root, final = (staging, run_dir.shards) if accepted else (staging_rejected, run_dir.rejected_shards)
-            writer = writers.setdefault(
-                (str(root), bundle["split"]),
-                SplitWriter(root / bundle["split"], cfg.export, f"{final.name}/{bundle['split']}"),
-            )
+            writer = writers.get((str(root), bundle["split"]))
+            if writer is None:
+                writer = writers[(str(root), bundle["split"])] = SplitWriter(
+                    root / bundle["split"], cfg.export, f"{final.name}/{bundle['split']}"
+                )
             for row in corpus_rows(bundle, entry, cache, cfg.export, (vcfg.neutral_band, vcfg.neutral_inclusive)):
                 writer.add(row)
                 tag = bundle["split"] if accepted else f"rejected/{bundle['split']}"

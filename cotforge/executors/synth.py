@@ -186,25 +186,25 @@ class Synthesizer:
         candidates: list[Candidate] = []
         prompt_tokens = completion_tokens = requests = 0
         model = version = None
+
+        async def ask(hint: str | None, attempt: int) -> None:
+            nonlocal prompt_tokens, completion_tokens, requests, model, version
+            cache_key, version, response = await self._fetch(row, hint, attempt)
+            requests += 0 if response.cached else 1
+            model = response.model
+            prompt_tokens += response.prompt_tokens or 0
+            completion_tokens += response.completion_tokens or 0
+            candidates.extend(self._judge(cache_key, response, gold, vcfg, hinted=hint is not None))
+
         attempt = 0
         try:
             while len(candidates) < self.cfg.reask.samples:
-                cache_key, version, response = await self._fetch(row, None, attempt)
-                requests += 0 if response.cached else 1
-                model = response.model
-                prompt_tokens += response.prompt_tokens or 0
-                completion_tokens += response.completion_tokens or 0
-                candidates += self._judge(cache_key, response, gold, vcfg, hinted=False)
+                await ask(None, attempt)
                 attempt += 1
                 if any(c.verdict.passed for c in candidates):
                     break
             if not any(c.verdict.passed for c in candidates) and self.cfg.reask.hint:
-                hint = polarity_of(gold, vcfg.neutral_band, vcfg.neutral_inclusive).value
-                cache_key, version, response = await self._fetch(row, hint, attempt)
-                requests += 0 if response.cached else 1
-                prompt_tokens += response.prompt_tokens or 0
-                completion_tokens += response.completion_tokens or 0
-                candidates += self._judge(cache_key, response, gold, vcfg, hinted=True)
+                await ask(polarity_of(gold, vcfg.neutral_band, vcfg.neutral_inclusive).value, attempt)
         except TeacherCallError as err:
             answer = {"requests": requests, "candidates": [c.summary() for c in candidates], "seconds": time.perf_counter() - began}
             return ClipOutcome(row["key"], ClipState.FAILED, str(err), answer)
