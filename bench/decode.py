@@ -30,7 +30,7 @@ from cotforge.config import MediaConfig, SourceConfig
 from cotforge.media.decode import decode_clip
 from cotforge.media.pool import DecodePool
 from cotforge.sources import open_source
-from cotforge.sources.demo import make_demo_dataset
+from cotforge.demo.writer import make_demo_dataset
 from table import print_table  # bench/table.py, beside this script
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()

@@ -25,8 +25,8 @@ from cotforge.config import PipelineConfig
 from cotforge.executors.local import run_pipeline
 from cotforge.report import write_report
 from cotforge.store.ledger import Ledger
-from cotforge.sources.demo import make_demo_dataset
-from cotforge.teacher.sim import SimConfig, SimProcess
+from cotforge.demo.writer import make_demo_dataset
+from cotforge.sim.server import SimConfig, SimProcess
 from table import print_table  # bench/table.py, beside this script
 
 

@@ -24,11 +24,12 @@ import openai
 from cotforge.config import MediaConfig, SourceConfig, TeacherConfig
 from cotforge.media.decode import decode_clip
 from cotforge.sources import open_source
-from cotforge.sources.demo import make_demo_dataset
+from cotforge.demo.writer import make_demo_dataset
 from cotforge.store.bundles import bundle_row
 from cotforge.teacher.client import TeacherClient
 from cotforge.teacher.request import ClipMedia, build_request, materialize, split_body
-from cotforge.teacher.sim import SimConfig, SimProcess
+from cotforge.sim.server import SimConfig, SimProcess
+from cotforge.types import MOSI_SCALE
 from table import print_table  # bench/table.py, beside this script
 
 
@@ -48,7 +49,7 @@ def bundles(workdir: Path, clips: int) -> list[dict]:
 def encode_ms(rows: list[dict], cfg: TeacherConfig, codec: str) -> float:
     began = cpu()
     for row in rows:
-        materialize(build_request(row, cfg).body, ClipMedia(row["frames"], row["frame_fps"], row["audio"]), codec)
+        materialize(build_request(row, cfg, MOSI_SCALE).body, ClipMedia(row["frames"], row["frame_fps"], row["audio"]), codec)
     return (cpu() - began) / len(rows) * 1000
 
 
@@ -97,7 +98,7 @@ def main() -> None:
         cfg = TeacherConfig(url=sim.url, model=sim_cfg.model, simulated=True, concurrency=concurrency, max_retries=0)
         h264 = encode_ms(rows, cfg, "h264")
         mjpeg = encode_ms(rows, cfg, "mjpeg")
-        request = build_request(rows[0], cfg)
+        request = build_request(rows[0], cfg, MOSI_SCALE)
         body = materialize(request.body, ClipMedia(rows[0]["frames"], rows[0]["frame_fps"], rows[0]["audio"]), "h264")
         rate, client_ms = asyncio.run(ours(cfg, body, request.headers, args.requests))
         seq_rate = sequential(sim.url, body, request.headers, max(10, args.requests // 48))

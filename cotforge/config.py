@@ -14,7 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from cotforge.types import DATASETS, Scale, scale_for_range
+
 SourceKind = Literal["mosi", "mosei", "sims", "simsv2", "manifest"]
+"""The registry's datasets (types.DATASETS) plus a generic manifest; a test keeps the two in step."""
 
 
 class Section(BaseModel):
@@ -41,14 +44,34 @@ class SourceConfig(Section):
             "'transcripts' takes start/end from CMU's Raw/Transcript/Segmented/Combined/<video>.txt"
         ),
     )
-    full_video_dir: str = Field(
-        default="Raw/Videos/Full/Combined", description="where full videos lie when clips are time ranges"
+    full_video_dir: str | None = Field(
+        default=None, description="where full videos lie when clips are time ranges (default Raw/Videos/Full/Combined)"
     )
     name: str | None = Field(default=None, description="dataset name in keys for manifests (default: file stem)")
     label_range: tuple[float, float] | None = Field(
         default=None, description="allowed gold label range; default by dataset ([-3, 3] or [-1, 1])"
     )
     language: str | None = Field(default=None, description="language of the transcripts; default by dataset")
+    scale_like: Literal["mosi", "sims"] | None = Field(
+        default=None,
+        description="manifest corpora: whose MMSA polarity buckets and metrics to use (default: mosi for a range "
+        "wider than [-1, 1], else sims)",
+    )
+
+    @model_validator(mode="after")
+    def _scale_is_valid(self) -> SourceConfig:
+        self.scale()  # a label range with low >= high, or a language without a range, is refused here
+        return self
+
+    def scale(self) -> Scale:
+        """The run's one label scale: range, polarity buckets, language, metric set."""
+        spec = DATASETS.get(self.dataset)
+        if spec is not None and self.label_range is None and self.language is None:
+            return spec.scale
+        base = spec.scale if spec is not None else None
+        low, high = self.label_range or ((base.low, base.high) if base else (-3.0, 3.0))
+        language = self.language or (base.language if base else "en")
+        return scale_for_range(low, high, language, self.scale_like or (base.metrics if base else None))
 
 
 class MediaConfig(Section):
@@ -181,12 +204,13 @@ class TeacherConfig(Section):
 
 
 class ValidateSection(Section):
-    """Overrides of the validator's dataset defaults (validate.ValidateConfig.for_dataset); None keeps the default."""
+    """Overrides of the validator's defaults for the run's scale (validate.ValidateConfig.for_scale); None keeps the default.
 
-    neutral_band: float | None = Field(default=None, ge=0, description="gold |y| below this is neutral (MOSI 0.5, SIMS 0.1)")
-    neutral_inclusive: bool | None = Field(default=None, description="|y| == neutral_band counts as neutral (SIMS: yes)")
+    The polarity buckets and the score range are not here: they are the scale's (source section), so
+    prompt, validator, shards, rewards and metrics share them.
+    """
+
     tolerance: float | None = Field(default=None, ge=0, description="largest accepted |score - gold| (MOSI 1.0, SIMS 0.4)")
-    score_range: tuple[float, float] | None = Field(default=None, description="allowed score range (default: the dataset's)")
     min_chars: int | None = Field(default=None, ge=0, description="fewest characters of rationale")
     max_chars: int | None = Field(default=None, ge=1, description="most characters of rationale")
     check_language: bool | None = Field(default=None, description="require the dataset's language (Chinese for SIMS)")

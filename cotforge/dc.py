@@ -22,15 +22,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cotforge import resources
+from cotforge.types import Polarity
 
 MAX_FIELD_CHARS = 2000
 """Cap on every string field, in the schema too: it stops a runaway generation, not a long answer."""
-
-
-class Polarity(StrEnum):
-    NEGATIVE = "negative"
-    NEUTRAL = "neutral"
-    POSITIVE = "positive"
 
 
 FieldText = Annotated[str, Field(max_length=MAX_FIELD_CHARS)]
@@ -83,18 +78,6 @@ def load_schema() -> dict[str, Any]:
     """The teacher's JSON Schema (`schemas/dc_rationale.schema.json`, found in a checkout or in the
     installed package by `cotforge.resources`). Shared and cached: copy it before editing."""
     return resources.load_schema(SCHEMA_NAME)
-
-
-def polarity_of(score: float, neutral_band: float, inclusive: bool) -> Polarity:
-    """The polarity of a gold label: neutral inside the band, else its sign.
-
-    MOSI/MOSEI call |y| < 0.5 neutral, SIMS |y| <= 0.1, hence `inclusive`. Zero is neutral whatever
-    the band, since it has no direction.
-    """
-    magnitude = abs(score)
-    if score == 0 or magnitude < neutral_band or (inclusive and magnitude == neutral_band):
-        return Polarity.NEUTRAL
-    return Polarity.POSITIVE if score > 0 else Polarity.NEGATIVE
 
 
 _POLARITY_WORDS: dict[str, Polarity] = {

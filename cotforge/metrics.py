@@ -24,6 +24,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from cotforge.types import DATASETS, Scale
+
 Array = NDArray[np.float64]
 
 # SIMS class k holds edges[k] < x <= edges[k + 1]; so 0 is negative in the 2-class split.
@@ -131,10 +133,11 @@ def sims_metrics(pred: ArrayLike, gold: ArrayLike) -> dict[str, float]:
     )
 
 
-def msa_metrics(dataset: str, pred: ArrayLike, gold: ArrayLike) -> dict[str, float]:
-    """The metrics MMSA reports for a dataset: mosi/mosei -> mosi_metrics, sims/simsv2 -> sims_metrics."""
-    if dataset in ("mosi", "mosei"):
-        return mosi_metrics(pred, gold)
-    if dataset in ("sims", "simsv2"):
-        return sims_metrics(pred, gold)
-    raise ValueError(f"no MSA metrics for dataset {dataset!r}: one of mosi, mosei, sims, simsv2")
+def msa_metrics(scale: Scale | str, pred: ArrayLike, gold: ArrayLike) -> dict[str, float]:
+    """The metrics MMSA reports for a scale's metric set (or a dataset's): MOSI/MOSEI -> mosi_metrics,
+    SIMS/SIMS v2 -> sims_metrics."""
+    if isinstance(scale, str):
+        if scale not in DATASETS:
+            raise ValueError(f"no MSA metrics for dataset {scale!r}: one of {', '.join(DATASETS)}")
+        scale = DATASETS[scale].scale
+    return mosi_metrics(pred, gold) if scale.metrics == "mosi" else sims_metrics(pred, gold)

@@ -22,11 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cotforge.config import PipelineConfig  # noqa: E402
-from cotforge.dc import polarity_of  # noqa: E402
-from cotforge.executors.synth import validate_config_for  # noqa: E402
 from cotforge.metrics import msa_metrics  # noqa: E402
 from cotforge.store.ledger import reason_kind  # noqa: E402
 from cotforge.store.run import RunDir  # noqa: E402
+from cotforge.types import Scale  # noqa: E402
 
 POLARITIES = ("negative", "neutral", "positive")
 
@@ -50,11 +49,11 @@ def _load(run_dir: RunDir) -> list[dict[str, Any]]:
     return out
 
 
-def _metrics_table(dataset: str, pairs: list[tuple[float, float]]) -> dict[str, float]:
+def _metrics_table(scale: Scale, pairs: list[tuple[float, float]]) -> dict[str, float]:
     if len(pairs) < 2:
         return {}
     pred, gold = zip(*pairs, strict=True)
-    return msa_metrics(dataset if dataset in ("mosi", "mosei", "sims", "simsv2") else "mosi", list(pred), list(gold))
+    return msa_metrics(scale, list(pred), list(gold))
 
 
 def write_report(cfg: PipelineConfig, run: Path) -> Path:
@@ -68,16 +67,15 @@ def write_report(cfg: PipelineConfig, run: Path) -> Path:
     if summary.is_file() and stamp.is_file() and stamp.read_text() == digest:
         return summary  # nothing changed since the last report: plotting again would only cost time
     dataset = cfg.source.dataset
-    vcfg = validate_config_for(rows[0]["dataset"] if rows else dataset, cfg)
-    band = (vcfg.neutral_band, vcfg.neutral_inclusive)
+    scale = cfg.source.scale()
     judged = [r for r in rows if r["answer"] is not None and r["state"] in ("accepted", "rejected")]
     accepted = [(r["answer"]["score"], r["label"]) for r in judged if r["state"] == "accepted"]
     first = [(f["score"], r["label"]) for r in judged if (f := _first_answer(r["answer"]))]
     plots = {
-        "scores.png": _plot_scores(first, accepted, vcfg.score_range),
-        "confusion.png": _plot_confusion(judged, band),
+        "scores.png": _plot_scores(first, accepted, (scale.low, scale.high)),
+        "confusion.png": _plot_confusion(judged, scale),
         "reasons.png": _plot_reasons(rows),
-        "acceptance_by_gold.png": _plot_acceptance(judged, vcfg.score_range),
+        "acceptance_by_gold.png": _plot_acceptance(judged, (scale.low, scale.high)),
         "throughput.png": _plot_throughput(judged),
     }
     written = {}
@@ -86,7 +84,7 @@ def write_report(cfg: PipelineConfig, run: Path) -> Path:
             figure.savefig(folder / name, dpi=110, bbox_inches="tight")
             plt.close(figure)
             written[name] = True
-    summary.write_text(_summary(cfg, rows, judged, accepted, first, dataset, written), encoding="utf-8")
+    summary.write_text(_summary(cfg, rows, judged, accepted, first, dataset, scale, written), encoding="utf-8")
     stamp.write_text(digest)
     return summary
 
@@ -107,8 +105,8 @@ def _plot_scores(first, accepted, score_range):
     return fig
 
 
-def _plot_confusion(judged, band):
-    pairs = [(polarity_of(r["label"], *band).value, f["polarity"]) for r in judged if (f := _first_answer(r["answer"]))]
+def _plot_confusion(judged, scale):
+    pairs = [(scale.polarity(r["label"]).value, f["polarity"]) for r in judged if (f := _first_answer(r["answer"]))]
     if not pairs:
         return None
     matrix = np.zeros((3, 3), dtype=int)
@@ -169,7 +167,7 @@ def _fmt(value: float) -> str:
     return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
 
 
-def _summary(cfg, rows, judged, accepted, first, dataset, written) -> str:
+def _summary(cfg, rows, judged, accepted, first, dataset, scale, written) -> str:
     states = Counter(r["state"] for r in rows)
     splits = Counter((r["split"], r["state"]) for r in rows)
     tokens_p = sum((r["answer"] or {}).get("prompt_tokens") or 0 for r in rows)
@@ -194,7 +192,7 @@ def _summary(cfg, rows, judged, accepted, first, dataset, written) -> str:
     for split in sorted({r["split"] for r in rows}):
         lines.append(f"| {split} | {splits[(split, 'accepted')]} | {splits[(split, 'rejected')]} | {splits[(split, 'failed')]} |")
     lines += ["", "## Teacher metrics (MMSA definitions)", ""]
-    m_all, m_acc = _metrics_table(dataset, first), _metrics_table(dataset, accepted)
+    m_all, m_acc = _metrics_table(scale, first), _metrics_table(scale, accepted)
     if m_all:
         keys = list(m_all)
         lines += ["| answers | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-DATASETS = ("mosi", "mosei", "sims", "simsv2")
-
 
 class ClipState(StrEnum):
     """Where a clip stands in a run; every clip ends in accepted, rejected or failed."""
@@ -27,22 +25,93 @@ class ClipState(StrEnum):
 TERMINAL_STATES = (ClipState.ACCEPTED, ClipState.REJECTED, ClipState.FAILED)
 
 
+class Polarity(StrEnum):
+    NEGATIVE = "negative"
+    NEUTRAL = "neutral"
+    POSITIVE = "positive"
+
+
 @dataclass(frozen=True, slots=True)
-class LabelScale:
-    """The label range of a dataset and how its clips are spoken."""
+class Scale:
+    """A corpus's label scale: its range, its polarity buckets, its language and its metric set.
+
+    One object per run feeds the teacher prompt, the validator, the shards' gold polarity, the RL
+    rewards and the metrics, so they cannot disagree. Polarity is MMSA's 3-class bucketing
+    (thuiar/MMSA `utils/metricsTop.py`, the Acc-3 that papers report): MOSI/MOSEI round the label
+    clipped to [-1, 1] half-to-even, so -0.5 <= y <= 0.5 is neutral; SIMS puts class k at
+    edges[k] < y <= edges[k+1] with edges -0.1 and 0.1, so -0.1 is negative and 0.1 neutral.
+    `neutral` gives the band's edges and `closed` whether each edge is inside the band.
+    """
 
     low: float
     high: float
+    neutral: tuple[float, float]
+    closed: tuple[bool, bool]
     language: str
+    metrics: str  # "mosi" (MOSI/MOSEI metric set) or "sims" (CH-SIMS metric set)
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"a label range must be (low, high) with low < high, got ({self.low:g}, {self.high:g})")
+        if not self.low <= self.neutral[0] <= self.neutral[1] <= self.high:
+            raise ValueError(f"the neutral band {self.neutral} must lie inside [{self.low:g}, {self.high:g}]")
+        if self.metrics not in ("mosi", "sims"):
+            raise ValueError(f"metrics must be 'mosi' or 'sims', not {self.metrics!r}")
+
+    def polarity(self, y: float) -> Polarity:
+        """The gold polarity of a label (or the polarity a score falls in), MMSA's Acc-3 bucket."""
+        lo, hi = self.neutral
+        above_lo = y >= lo if self.closed[0] else y > lo
+        below_hi = y <= hi if self.closed[1] else y < hi
+        if above_lo and below_hi:
+            return Polarity.NEUTRAL
+        return Polarity.POSITIVE if y > hi else Polarity.NEGATIVE
+
+    def contains(self, y: float) -> bool:
+        return self.low <= y <= self.high
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "neutral": list(self.neutral), "closed": list(self.closed),
+                "language": self.language, "metrics": self.metrics}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scale:
+        return cls(float(data["low"]), float(data["high"]), tuple(data["neutral"]), tuple(data["closed"]),
+                   data["language"], data["metrics"])
 
 
-SCALES: dict[str, LabelScale] = {
-    "mosi": LabelScale(-3.0, 3.0, "en"),
-    "mosei": LabelScale(-3.0, 3.0, "en"),
-    "sims": LabelScale(-1.0, 1.0, "zh"),
-    "simsv2": LabelScale(-1.0, 1.0, "zh"),
+MOSI_SCALE = Scale(-3.0, 3.0, (-0.5, 0.5), (True, True), "en", "mosi")
+SIMS_SCALE = Scale(-1.0, 1.0, (-0.1, 0.1), (False, True), "zh", "sims")
+
+
+def scale_for_range(low: float, high: float, language: str, like: str | None = None) -> Scale:
+    """The scale of a corpus outside the registry: MMSA's rule of the dataset family it resembles
+    (`like`: "mosi" or "sims"; by default MOSI's for a range wider than [-1, 1]), with the neutral
+    band stretched in proportion to the range."""
+    family = like or ("mosi" if high - low > 2 else "sims")
+    base = MOSI_SCALE if family == "mosi" else SIMS_SCALE
+    factor = max(abs(low), abs(high)) / base.high
+    return Scale(low, high, (base.neutral[0] * factor, base.neutral[1] * factor), base.closed, language, base.metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    """What cotforge knows about a dataset, in one place: its scale, where its labels and media lie."""
+
+    name: str
+    scale: Scale
+    label_file: str = "label.csv"
+    full_video_dir: str = "Raw/Videos/Full/Combined"
+    """MOSEI as CMU ships it: full videos, clips are time ranges of them."""
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mosi": DatasetSpec("mosi", MOSI_SCALE),
+    "mosei": DatasetSpec("mosei", MOSI_SCALE),
+    "sims": DatasetSpec("sims", SIMS_SCALE),
+    "simsv2": DatasetSpec("simsv2", SIMS_SCALE, label_file="meta.csv"),
 }
-
+DATASET_NAMES = tuple(DATASETS)
 
 @dataclass(slots=True)
 class ClipRef:

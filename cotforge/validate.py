@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cotforge.dc import ParseResult, Polarity, Rationale, polarity_of
-from cotforge.types import SCALES
+from cotforge.dc import ParseResult, Rationale
+from cotforge.types import DATASETS, Polarity, Scale
 
 RULE_NAMES = (
     "well_formed",
@@ -60,48 +58,51 @@ class Verdict:
     error: float | None
 
 
-_MOSI_RULES: Mapping[str, Any] = MappingProxyType({"neutral_band": 0.5, "neutral_inclusive": False, "tolerance": 1.0})
-_SIMS_RULES: Mapping[str, Any] = MappingProxyType({"neutral_band": 0.1, "neutral_inclusive": True, "tolerance": 0.4})
-_DATASET_RULES = {"mosi": _MOSI_RULES, "mosei": _MOSI_RULES, "sims": _SIMS_RULES, "simsv2": _SIMS_RULES}
+TOLERANCE_SHARE = {"mosi": 1.0 / 6.0, "sims": 0.2}
+"""Default tolerance as a share of the label range: 1.0 on MOSI's [-3, 3], 0.4 on SIMS's [-1, 1]."""
 
 
 class ValidateConfig(BaseModel):
-    """Validator settings. The dataset-dependent ones have no default, so that no corpus silently
-    gets another's rules: use `for_dataset`, or give them all for a corpus of your own."""
+    """Validator settings. The scale (range, polarity buckets, language) is the run's one Scale, so
+    the validator cannot disagree with the prompt, the shards, the rewards or the metrics."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    neutral_band: float = Field(ge=0, description="gold |y| below this (or equal, if inclusive) is neutral")
-    neutral_inclusive: bool = Field(description="whether |y| == neutral_band is neutral (SIMS: yes)")
+    scale: Scale = Field(description="the corpus's label scale: range, MMSA polarity buckets, language")
     tolerance: float = Field(ge=0, description="largest accepted |score - gold|")
-    score_range: tuple[float, float] = Field(description="the dataset's label range; scores outside fail")
-    language: str = Field(description="language the rationale must be written in: en | zh (others: not checked)")
     min_chars: int = Field(default=40, ge=0, description="fewest characters over all prose fields")
     max_chars: int = Field(default=4000, ge=1, description="most characters over all prose fields")
     check_language: bool = Field(default=True, description="apply the language_matches rule")
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateConfig:
-        low, high = self.score_range
-        if not low < high:
-            raise ValueError(f"score_range must be (low, high) with low < high, got {self.score_range}")
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
         return self
 
+    @property
+    def score_range(self) -> tuple[float, float]:
+        return (self.scale.low, self.scale.high)
+
+    @property
+    def language(self) -> str:
+        return self.scale.language
+
+    @classmethod
+    def for_scale(cls, scale: Scale, **overrides: Any) -> ValidateConfig:
+        """The default rules for a scale (tolerance 1.0 on [-3, 3], 0.4 on [-1, 1]), then `overrides`."""
+        tolerance = round((scale.high - scale.low) * TOLERANCE_SHARE[scale.metrics], 6)
+        return cls(**{"scale": scale, "tolerance": tolerance, **overrides})
+
     @classmethod
     def for_dataset(cls, dataset: str, **overrides: Any) -> ValidateConfig:
-        """The default rules for a known dataset (MOSI/MOSEI: neutral |y| < 0.5, tolerance 1.0;
-        SIMS: neutral |y| <= 0.1, tolerance 0.4), with its range and language, then `overrides`."""
-        if dataset not in _DATASET_RULES:
-            known = ", ".join(_DATASET_RULES)
+        """The default rules of a known dataset (see `for_scale`)."""
+        if dataset not in DATASETS:
             raise ValueError(
-                f"unknown dataset {dataset!r} (known: {known}); for another corpus build "
-                "ValidateConfig(...) with neutral_band, neutral_inclusive, tolerance, score_range, language"
+                f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)}); for another corpus use "
+                "ValidateConfig.for_scale(scale_for_range(low, high, language))"
             )
-        scale = SCALES[dataset]
-        defaults = {**_DATASET_RULES[dataset], "score_range": (scale.low, scale.high), "language": scale.language}
-        return cls(**{**defaults, **overrides})
+        return cls.for_scale(DATASETS[dataset].scale, **overrides)
 
 
 def _result(name: str, passed: bool, reason: str) -> RuleResult:
@@ -117,9 +118,9 @@ def well_formed(parse: ParseResult) -> RuleResult:
 
 
 def polarity_agrees(r: Rationale, gold: float, cfg: ValidateConfig) -> RuleResult:
-    """The stated polarity is the gold label's, read through the neutral band."""
+    """The stated polarity is the gold label's MMSA 3-class bucket."""
     stated = r.discrimination.polarity
-    expected = polarity_of(gold, cfg.neutral_band, cfg.neutral_inclusive)
+    expected = cfg.scale.polarity(gold)
     return _result("polarity_agrees", stated == expected, f"stated {stated}, gold {gold:g} is {expected}")
 
 
@@ -135,7 +136,7 @@ def score_close(r: Rationale, gold: float, cfg: ValidateConfig) -> RuleResult:
 def sign_consistent(r: Rationale, cfg: ValidateConfig) -> RuleResult:
     """The score points where the stated polarity does: the two halves of one answer must agree.
 
-    A positive or negative score may still lie inside the neutral band (a weak opinion); a neutral
+    A positive or negative score may still lie inside the neutral bucket (a weak opinion); a neutral
     polarity needs the score inside it.
     """
     stated, score = r.discrimination.polarity, r.calibration.score
@@ -144,7 +145,7 @@ def sign_consistent(r: Rationale, cfg: ValidateConfig) -> RuleResult:
     elif stated is Polarity.NEGATIVE:
         passed = score < 0
     else:
-        passed = polarity_of(score, cfg.neutral_band, cfg.neutral_inclusive) is Polarity.NEUTRAL
+        passed = cfg.scale.polarity(score) is Polarity.NEUTRAL
     return _result("sign_consistent", passed, f"polarity {stated} but score {score:g}")
 
 
@@ -205,27 +206,18 @@ _LEAK_PHRASES = re.compile(
     r"|标签|真实值|参考答案|提示信息|根据提示",
     re.I,
 )
-# ASCII-only lookbehind: Chinese writes numbers right after ideographs ("约为-1.2"), which \w would refuse.
-_NUMBER_TOKEN = re.compile(r"(?<![0-9A-Za-z_.])(?P<sign>[+-]?)\d+(?P<decimals>\.\d+)?(?![0-9]|\.\d)", re.ASCII)
+def no_label_leak(r: Rationale, hinted: bool) -> RuleResult:
+    """A hinted rationale must not refer to a label, a ground truth or the hint it was given.
 
-
-def no_label_leak(r: Rationale, gold: float, hinted: bool) -> RuleResult:
-    """A hinted rationale must not quote the gold score or refer to a label or hint.
-
-    Numbers are compared after NFKC and with U+2212 read as '-' (so '−1.2' and fullwidth digits
-    count), to 3 decimals. A bare unsigned integer ('2', '0') is not counted: it is too common in
-    prose (counts, 'from -3 to 3') to be evidence of a leak, while '2.0' or '+2' is.
+    Only phrases count. A number equal to the gold score is not a leak: the hint carries the
+    polarity alone, so a teacher that states the gold score has calibrated well, not copied it.
     """
     if not hinted:
         return RuleResult("no_label_leak", True, "not applied: not hinted")
-    text = unicodedata.normalize("NFKC", "\n".join(r.texts())).replace("\u2212", "-")
+    text = unicodedata.normalize("NFKC", "\n".join(r.texts()))
     phrase = _LEAK_PHRASES.search(text)
     if phrase:
         return RuleResult("no_label_leak", False, f"mentions {phrase.group(0)!r}")
-    target = round(gold, 3)
-    for token in _NUMBER_TOKEN.finditer(text):
-        if (token["sign"] or token["decimals"]) and round(float(token.group(0)), 3) == target:
-            return RuleResult("no_label_leak", False, f"quotes the gold score as {token.group(0)!r}")
     return RuleResult("no_label_leak", True)
 
 
@@ -245,7 +237,7 @@ def validate(parse: ParseResult, gold: float, cfg: ValidateConfig, hinted: bool 
         score_in_range(r, cfg),
         length_bounds(r, cfg),
         language_matches(r, cfg),
-        no_label_leak(r, gold, hinted),
+        no_label_leak(r, hinted),
     ]
     return Verdict(all(result.passed for result in results), results, abs(r.calibration.score - gold))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import hypothesis  # noqa: F401 - imported early: its plugin importing it at the end of a run trips a CPython 3.11 AST bug
 import pytest
 
-from cotforge.sources.demo import DemoDataset, make_demo_dataset
+from cotforge.demo.writer import DemoDataset, make_demo_dataset
 
 
 @pytest.fixture(scope="session")

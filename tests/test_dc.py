@@ -16,17 +16,16 @@ from cotforge.dc import (
     Calibration,
     Cues,
     Discrimination,
-    Polarity,
     Rationale,
     StudentError,
     format_score,
     load_schema,
     parse_student,
     parse_teacher,
-    polarity_of,
     render_student,
 )
 from cotforge.resources import resource_dir
+from cotforge.types import Polarity
 
 GOOD: dict[str, Any] = {
     "discrimination": {
@@ -348,27 +347,6 @@ def test_parse_student_salvages_what_it_can() -> None:
     assert parsed.score == 2.2
     broken = parse_student(TARGET.replace("<think>\n", ""))
     assert (broken.polarity, broken.score) == (Polarity.POSITIVE, 1.4)
-
-
-# --- polarity_of -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("score", "band", "inclusive", "expected"),
-    [
-        (0.49, 0.5, False, Polarity.NEUTRAL),
-        (0.5, 0.5, False, Polarity.POSITIVE),
-        (-0.5, 0.5, False, Polarity.NEGATIVE),
-        (0.0, 0.5, False, Polarity.NEUTRAL),
-        (0.1, 0.1, True, Polarity.NEUTRAL),
-        (-0.1, 0.1, True, Polarity.NEUTRAL),
-        (0.2, 0.1, True, Polarity.POSITIVE),
-        (0.0, 0.0, False, Polarity.NEUTRAL),
-        (-0.01, 0.0, False, Polarity.NEGATIVE),
-    ],
-)
-def test_polarity_of(score: float, band: float, inclusive: bool, expected: Polarity) -> None:
-    assert polarity_of(score, band, inclusive) is expected
 
 
 # --- properties ------------------------------------------------------------------------------------

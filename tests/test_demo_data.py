@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from cotforge.config import SourceConfig
-from cotforge.sources.demo import CORRUPT_KINDS, DemoDataset, make_demo_dataset
+from cotforge.demo.writer import CORRUPT_KINDS, DemoDataset, make_demo_dataset
 from cotforge.sources.mmsa import MMSASource
-from cotforge.sources.voice import synth_voice
+from cotforge.demo.voice import synth_voice
 
 HEADER = ["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"]
 SHORT = {"min_seconds": 1.0, "max_seconds": 3.0}

@@ -19,7 +19,7 @@ from cotforge.report import write_report
 from cotforge.store.ledger import Ledger
 from cotforge.store.run import RunError
 from cotforge.teacher.client import TeacherUnavailable
-from cotforge.teacher.sim import SimConfig, SimProcess
+from cotforge.sim.server import SimConfig, SimProcess
 
 FAST = {"latency_ms": 5, "capacity": 8}
 
@@ -285,7 +285,7 @@ def test_an_interrupted_run_resumes_without_repeating_a_teacher_call(demo, tmp_p
                 break
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=60)
-        assert first.returncode == 130 and "re-run the same command to resume" in err
+        assert first.returncode == 130 and "re-run the same command to resume" in err, err[-3000:]
         with Ledger(run / "ledger.sqlite") as ledger:
             judged = set(ledger.answers())
         assert 2 <= len(judged) < 8
@@ -304,7 +304,7 @@ def test_a_clip_whose_media_cannot_be_encoded_fails_alone(demo, tmp_path: Path) 
 
     from cotforge.executors.synth import MediaWorkers, Synthesizer
     from cotforge.store.bundles import iter_bundles
-    from cotforge.teacher.cache import ResponseCache
+    from cotforge.store.cache import ResponseCache
     from cotforge.teacher.client import TeacherClient
 
     run = tmp_path / "run"

@@ -22,8 +22,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from cotforge.dc import Polarity, Rationale, load_schema
-from cotforge.teacher.sim import SimConfig, SimProcess, parse_config
-from cotforge.teacher.sim_media import Visual, fit_cells, video_tokens
+from cotforge.sim.server import SimConfig, SimProcess, parse_config
+from cotforge.sim.media import Visual, fit_cells, video_tokens
 
 MODEL = "sim/qwen3-omni"
 SECRET = "sk-sim-test-3f9c1b7e-never-logged"

@@ -14,7 +14,8 @@ from cotforge.store.bundles import bundle_row
 from cotforge.teacher.client import TeacherCallError, TeacherClient, TeacherUnavailable
 from cotforge.teacher.offline import OfflineTeacher
 from cotforge.teacher.request import ClipMedia, build_request, materialize
-from cotforge.teacher.sim import SimConfig, SimProcess
+from cotforge.sim.server import SimConfig, SimProcess
+from cotforge.types import MOSI_SCALE
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def request_parts(demo_factory) -> tuple[dict, dict]:
     ref = next(iter(open_source(SourceConfig(dataset="mosi", root=demo.root))))
     row = bundle_row(decode_clip(ref, MediaConfig(size=96)), "t")
     cfg = TeacherConfig(simulated=True, model="sim/qwen3-omni")
-    request = build_request(row, cfg)
+    request = build_request(row, cfg, MOSI_SCALE)
     return materialize(request.body, ClipMedia(row["frames"], row["frame_fps"], row["audio"]), "h264"), request.headers
 
 

@@ -15,7 +15,8 @@ from cotforge.media.decode import decode_clip
 from cotforge.sources import open_source
 from cotforge.store.bundles import bundle_row
 from cotforge.teacher.plan import QWEN3_OMNI, QWEN25_OMNI
-from cotforge.teacher.prompts import prompt_version, render_teacher, scale_for
+from cotforge.teacher.prompts import prompt_version, render_teacher
+from cotforge.types import DATASETS, MOSI_SCALE
 from cotforge.teacher.request import ClipMedia, build_request, materialize, split_body
 
 REMOVED = {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_whitespace_pattern", "guided_decoding_backend"}
@@ -29,7 +30,7 @@ def row(demo_factory) -> dict:
 
 
 def test_exact_keys_sent_for_vllm(row: dict) -> None:
-    request = build_request(row, TeacherConfig())
+    request = build_request(row, TeacherConfig(), MOSI_SCALE)
     body = request.body
     assert set(body) == {"model", "messages", "temperature", "top_p", "max_tokens", "n", "seed", "response_format",
                          "mm_processor_kwargs", "media_io_kwargs"}
@@ -47,27 +48,27 @@ def test_exact_keys_sent_for_vllm(row: dict) -> None:
 
 
 def test_structured_outputs_and_separate_media_variants(row: dict) -> None:
-    body = build_request(row, TeacherConfig(structured="structured_outputs", media_mode="separate")).body
+    body = build_request(row, TeacherConfig(structured="structured_outputs", media_mode="separate"), MOSI_SCALE).body
     assert "response_format" not in body and set(body["structured_outputs"]) == {"json"}
     assert "mm_processor_kwargs" not in body
     assert [p["type"] for p in body["messages"][1]["content"]] == ["video_url", "input_audio", "text"]
-    plain = build_request(row, TeacherConfig(structured="none", mm_kwargs="server")).body
+    plain = build_request(row, TeacherConfig(structured="none", mm_kwargs="server"), MOSI_SCALE).body
     assert not {"response_format", "structured_outputs", "mm_processor_kwargs", "media_io_kwargs"} & set(plain)
 
 
 def test_cache_key_is_stable_and_changes_with_what_matters(row: dict) -> None:
     cfg = TeacherConfig()
-    key = build_request(row, cfg).cache_key
-    assert build_request(dict(row), cfg).cache_key == key
-    assert build_request(row, TeacherConfig(concurrency=3, timeout_s=5)).cache_key == key  # speed knobs do not count
-    assert build_request(row, TeacherConfig(temperature=0.2)).cache_key != key
-    assert build_request(row, cfg, attempt=1).cache_key != key
-    assert build_request(row, cfg, hint="positive").cache_key != key
-    assert build_request({**row, "media_hash": "other"}, cfg).cache_key != key
+    key = build_request(row, cfg, MOSI_SCALE).cache_key
+    assert build_request(dict(row), cfg, MOSI_SCALE).cache_key == key
+    assert build_request(row, TeacherConfig(concurrency=3, timeout_s=5), MOSI_SCALE).cache_key == key  # speed knobs do not count
+    assert build_request(row, TeacherConfig(temperature=0.2), MOSI_SCALE).cache_key != key
+    assert build_request(row, cfg, MOSI_SCALE, attempt=1).cache_key != key
+    assert build_request(row, cfg, MOSI_SCALE, hint="positive").cache_key != key
+    assert build_request({**row, "media_hash": "other"}, cfg, MOSI_SCALE).cache_key != key
 
 
 def test_materialized_video_decodes_back_to_the_bundle(row: dict) -> None:
-    request = build_request(row, TeacherConfig())
+    request = build_request(row, TeacherConfig(), MOSI_SCALE)
     filled = materialize(request.body, ClipMedia(row["frames"], row["frame_fps"], row["audio"]), "h264")
     url = filled["messages"][1]["content"][0]["video_url"]["url"]
     assert url.startswith("data:video/mp4;base64,")
@@ -85,7 +86,7 @@ def test_materialized_video_decodes_back_to_the_bundle(row: dict) -> None:
 
 
 def test_separate_mode_sends_wav_equal_to_the_bundle_audio(row: dict) -> None:
-    body = build_request(row, TeacherConfig(media_mode="separate")).body
+    body = build_request(row, TeacherConfig(media_mode="separate"), MOSI_SCALE).body
     filled = materialize(body, ClipMedia(row["frames"], row["frame_fps"], row["audio"]), "mjpeg")
     part = filled["messages"][1]["content"][1]
     wav, rate = sf.read(io.BytesIO(base64.b64decode(part["input_audio"]["data"])), dtype="int16")
@@ -97,9 +98,9 @@ def test_separate_mode_sends_wav_equal_to_the_bundle_audio(row: dict) -> None:
 
 
 def test_prompts_per_language_and_hint() -> None:
-    system, user = render_teacher("IT WAS GREAT", "en", scale_for("mosi"), hint="positive")
+    system, user = render_teacher("IT WAS GREAT", "en", MOSI_SCALE, hint="positive")
     assert "+3.0 = strongly positive" in user and "IT WAS GREAT" in user and "positive" in user.split("Note:")[1]
-    _, zh = render_teacher("不错", "zh", scale_for("sims"))
+    _, zh = render_teacher("不错", "zh", DATASETS["sims"].scale)
     assert "-1.0 到 1.0" in zh and "Note" not in zh
     assert prompt_version("en") != prompt_version("zh") and prompt_version("en").startswith("dc-en-")
 

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from cotforge.dc import ParseResult, Polarity, Rationale, parse_teacher
-from cotforge.types import DATASETS
+from cotforge.types import DATASETS, MOSI_SCALE, SIMS_SCALE, scale_for_range
 from cotforge.validate import (
     NOT_CHECKED,
     RULE_NAMES,
@@ -55,9 +55,9 @@ def parsed(r: Rationale, lenient: bool = False) -> ParseResult:
 
 
 def test_dataset_defaults() -> None:
-    assert (MOSI.neutral_band, MOSI.neutral_inclusive, MOSI.tolerance) == (0.5, False, 1.0)
+    assert (MOSI.scale, MOSI.tolerance) == (MOSI_SCALE, 1.0)
     assert (MOSI.score_range, MOSI.language) == ((-3.0, 3.0), "en")
-    assert (SIMS.neutral_band, SIMS.neutral_inclusive, SIMS.tolerance) == (0.1, True, 0.4)
+    assert (SIMS.scale, SIMS.tolerance) == (SIMS_SCALE, 0.4)
     assert (SIMS.score_range, SIMS.language) == ((-1.0, 1.0), "zh")
     assert ValidateConfig.for_dataset("mosei") == MOSI
     assert ValidateConfig.for_dataset("simsv2") == SIMS
@@ -66,11 +66,11 @@ def test_dataset_defaults() -> None:
 
 def test_overrides_are_validated() -> None:
     cfg = ValidateConfig.for_dataset("sims", tolerance=0.6, check_language=False)
-    assert (cfg.tolerance, cfg.check_language, cfg.neutral_band) == (0.6, False, 0.1)
+    assert (cfg.tolerance, cfg.check_language, cfg.scale) == (0.6, False, SIMS_SCALE)
     with pytest.raises(ValidationError, match="tolerence"):
         ValidateConfig.for_dataset("mosi", tolerence=0.5)
-    with pytest.raises(ValidationError, match="low < high"):
-        ValidateConfig.for_dataset("mosi", score_range=(3, -3))
+    with pytest.raises(ValueError, match="low < high"):
+        ValidateConfig.for_scale(scale_for_range(3, -3, "en"))
     with pytest.raises(ValidationError, match="min_chars"):
         ValidateConfig.for_dataset("mosi", min_chars=500, max_chars=100)
     with pytest.raises(ValueError, match="unknown dataset 'iemocap'"):
@@ -96,10 +96,14 @@ def test_well_formed_carries_the_parse_error() -> None:
         (MOSI, Polarity.NEUTRAL, 0.4, True),
         (MOSI, Polarity.POSITIVE, 0.4, False),
         (MOSI, Polarity.POSITIVE, 0.6, True),
-        (MOSI, Polarity.NEGATIVE, -0.5, True),
+        (MOSI, Polarity.NEUTRAL, -0.5, True),  # MMSA: round(-0.5) is -0, neutral
+        (MOSI, Polarity.NEGATIVE, -0.5, False),
+        (MOSI, Polarity.POSITIVE, 0.5, False),
+        (MOSI, Polarity.POSITIVE, 0.51, True),
         (MOSI, Polarity.NEUTRAL, 0.0, True),
-        (SIMS, Polarity.NEUTRAL, 0.1, True),
-        (SIMS, Polarity.NEUTRAL, -0.1, True),
+        (SIMS, Polarity.NEUTRAL, 0.1, True),  # MMSA: (-0.1, 0.1] is neutral
+        (SIMS, Polarity.NEGATIVE, -0.1, True),
+        (SIMS, Polarity.NEUTRAL, -0.1, False),
         (SIMS, Polarity.POSITIVE, 0.2, True),
         (SIMS, Polarity.NEGATIVE, 0.2, False),
     ],
@@ -136,7 +140,8 @@ def test_score_close(cfg: ValidateConfig, score: float, gold: float, passed: boo
         (MOSI, Polarity.NEGATIVE, -0.2, True),
         (MOSI, Polarity.NEGATIVE, 0.0, False),
         (MOSI, Polarity.NEUTRAL, 0.4, True),
-        (MOSI, Polarity.NEUTRAL, 0.5, False),
+        (MOSI, Polarity.NEUTRAL, 0.5, True),
+        (MOSI, Polarity.NEUTRAL, 0.6, False),
         (MOSI, Polarity.NEUTRAL, -0.6, False),
         (SIMS, Polarity.NEUTRAL, 0.1, True),
         (SIMS, Polarity.NEUTRAL, -0.2, False),
@@ -178,42 +183,40 @@ def test_language_matches(cfg: ValidateConfig, prose: str, passed: bool) -> None
 def test_language_check_can_be_off_or_unknown() -> None:
     off = language_matches(make(prose=EN_TEXT), SIMS.model_copy(update={"check_language": False}))
     assert off == RuleResult("language_matches", True, "not applied: check_language is off")
-    other = language_matches(make(prose=ZH_TEXT), MOSI.model_copy(update={"language": "fr"}))
+    other = language_matches(make(prose=ZH_TEXT), ValidateConfig.for_scale(scale_for_range(-3, 3, "fr")))
     assert other.passed and other.reason == "not applied: no check for language 'fr'"
     assert language_matches(make(prose=EN_TEXT), SIMS).reason == "CJK share of letters 0.00 < 0.3 for zh"
 
 
 @pytest.mark.parametrize(
-    ("reasoning", "gold", "leaks"),
+    ("reasoning", "leaks"),
     [
-        ("The intensity is about -1.2 overall.", -1.2, True),
-        ("The intensity is about \u22121.2 overall.", -1.2, True),  # U+2212 minus
-        ("强度约为－１.２。", -1.2, True),  # fullwidth minus and digits
-        ("Roughly 1.2 in magnitude.", -1.2, False),  # the magnitude is not the signed gold score
-        ("Somewhere near -1.25.", -1.2, False),
-        ("Between 2 and 3 people agree; intensity 2.0.", 2.0, True),
-        ("Between 2 and 3 people agree.", 2.0, False),  # a bare integer is not a quote
-        ("Strongly, +2 on the scale.", 2.0, True),
-        ("About 0.667 on the scale.", 0.6666667, True),
-        ("About 0.67 on the scale.", 0.6666667, False),
-        ("The gold label says negative.", -1.2, True),
-        ("As the hint says, it is negative.", -1.2, True),
-        ("The label is negative, so the voice must be sad.", -1.2, True),
-        ("根据提示，情感为负面。", -0.4, True),
-        ("There is a hint of sarcasm; her voice hints at anger. Negative.", -1.2, False),
+        ("The gold label says negative.", True),
+        ("As the hint says, it is negative.", True),
+        ("The label is negative, so the voice must be sad.", True),
+        ("根据提示，情感为负面。", True),
+        ("There is a hint of sarcasm; her voice hints at anger. Negative.", False),
+        # the hint carries the polarity only: a teacher that names the gold score calibrated well, it did not copy
+        ("The intensity is about -1.2 overall.", False),
+        ("强度约为－１.２。", False),
+        ("Strongly, +2 on the scale.", False),
     ],
 )
-def test_no_label_leak_when_hinted(reasoning: str, gold: float, leaks: bool) -> None:
-    result = no_label_leak(make(Polarity.NEGATIVE, -1.0, reasoning=reasoning), gold, hinted=True)
+def test_no_label_leak_when_hinted(reasoning: str, leaks: bool) -> None:
+    result = no_label_leak(make(Polarity.NEGATIVE, -1.0, reasoning=reasoning), hinted=True)
     assert result.passed is not leaks
 
 
 def test_no_label_leak_reasons_and_unhinted() -> None:
     r = make(reasoning="The gold label is -1.2.")
-    assert no_label_leak(r, -1.2, hinted=False) == RuleResult("no_label_leak", True, "not applied: not hinted")
-    assert no_label_leak(r, -1.2, hinted=True).reason == "mentions 'gold label'"
-    quoted = make(reasoning="I settle on -1.2.")
-    assert no_label_leak(quoted, -1.2, hinted=True).reason == "quotes the gold score as '-1.2'"
+    assert no_label_leak(r, hinted=False) == RuleResult("no_label_leak", True, "not applied: not hinted")
+    assert no_label_leak(r, hinted=True).reason == "mentions 'gold label'"
+
+
+def test_a_hinted_answer_that_states_the_gold_score_is_accepted() -> None:
+    """The hint names the polarity, never the score: a calibration equal to gold is no leak."""
+    verdict = validate(parsed(make(Polarity.NEGATIVE, -1.2, reasoning="I settle on -1.2, clearly negative.")), -1.2, MOSI, hinted=True)
+    assert verdict.passed, verdict.results
 
 
 # --- validate ---------------------------------------------------------------------------------------

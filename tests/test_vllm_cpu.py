@@ -23,7 +23,7 @@ import pytest
 from cotforge.config import TeacherConfig
 from cotforge.dc import parse_teacher
 from cotforge.resources import load_schema
-from cotforge.teacher.cache import TeacherResponse
+from cotforge.store.cache import TeacherResponse
 from cotforge.teacher.client import TeacherCallError, TeacherClient, TeacherUnavailable
 
 VLLM_PYTHON = os.environ.get("COTFORGE_VLLM_PYTHON")

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from cotforge.config import PipelineConfig
-from cotforge.executors.synth import validate_config_for
 from cotforge.store.bundles import iter_bundles
 from cotforge.store.run import RunDir, RunError
 from cotforge.store.shards import ExportResult, SplitWriter, corpus_rows, inputs_hash, swap_in, write_manifest
-from cotforge.teacher.cache import ResponseCache
+from cotforge.store.cache import ResponseCache
 from cotforge.types import ClipState
 
 
@@ -61,6 +60,7 @@ def run_export(cfg: PipelineConfig, run: Path, force: bool = False) -> ExportRes
     staging = run_dir.path / "shards.staging"
     staging_rejected = run_dir.path / "shards-rejected.staging"
     writers: dict[tuple[str, str], SplitWriter] = {}
+    scale = cfg.source.scale()
     cache = ResponseCache(run_dir.cache_path)
     try:
         for bundle in iter_bundles(run_dir.bundles, {k: v for k, v in locations.items() if k in selected}):
@@ -68,14 +68,13 @@ def run_export(cfg: PipelineConfig, run: Path, force: bool = False) -> ExportRes
             accepted = entry["state"] == ClipState.ACCEPTED.value
             if not accepted:
                 entry = {**entry, "answer": {**entry["answer"], "chosen": _closest(entry["answer"])}}
-            vcfg = validate_config_for(bundle["dataset"], cfg)
             root, final = (staging, run_dir.shards) if accepted else (staging_rejected, run_dir.rejected_shards)
             writer = writers.get((str(root), bundle["split"]))
             if writer is None:
                 writer = writers[(str(root), bundle["split"])] = SplitWriter(
                     root / bundle["split"], cfg.export, f"{final.name}/{bundle['split']}"
                 )
-            for row in corpus_rows(bundle, entry, cache, cfg.export, (vcfg.neutral_band, vcfg.neutral_inclusive)):
+            for row in corpus_rows(bundle, entry, cache, cfg.export, scale):
                 writer.add(row)
                 tag = bundle["split"] if accepted else f"rejected/{bundle['split']}"
                 result.rows[tag] = result.rows.get(tag, 0) + 1
@@ -111,6 +110,7 @@ def manifest_payload(cfg: PipelineConfig, counts, result: ExportResult, answers:
         "config_hash": cfg.fingerprint(),
         "inputs_hash": result.inputs_hash,
         "dataset": cfg.source.dataset,
+        "scale": cfg.source.scale().as_dict(),
         "teacher_models": models,
         "prompt_versions": prompts,
         "counts": {"total": counts.total, "states": counts.by_state, "splits": counts.by_split},

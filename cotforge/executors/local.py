@@ -33,11 +33,11 @@ from cotforge.store.bundles import BundleWriter, bundle_row, iter_bundles
 from cotforge.store.shards import ExportResult
 from cotforge.store.ledger import Ledger, reason_kind
 from cotforge.store.run import RunDir
-from cotforge.teacher.cache import ResponseCache
+from cotforge.store.cache import ResponseCache
 from cotforge.teacher.client import TeacherClient
 from cotforge.teacher.offline import OfflineTeacher
 from cotforge.teacher.plan import ClipPlan, estimate_text_tokens, rules_for
-from cotforge.teacher.prompts import render_teacher, scale_for
+from cotforge.teacher.prompts import render_teacher
 from cotforge.types import Bundle, ClipFailure, ClipRef, ClipState
 
 
@@ -311,6 +311,7 @@ def run_plan(cfg: PipelineConfig, run: Path, tokenizer: Callable[[str], int] | N
 
     run_dir = RunDir(run)
     rules = rules_for(cfg.teacher.model)
+    scale = cfg.source.scale()
     count = tokenizer or estimate_text_tokens
     with run_dir.open_ledger() as ledger:
         locations = ledger.bundle_locations()
@@ -321,7 +322,7 @@ def run_plan(cfg: PipelineConfig, run: Path, tokenizer: Callable[[str], int] | N
         for row in pq.read_table(part, columns=columns).to_pylist():
             if locations.get(row["key"]) != part.name:
                 continue
-            system, instruction = render_teacher(row["text"], row["language"], scale_for(row["dataset"]))
+            system, instruction = render_teacher(row["text"], row["language"], scale)
             seconds = row["audio_num_samples"] / row["audio_sample_rate"] if row["audio_sample_rate"] else 0.0
             clips.append(ClipPlan(
                 row["key"], row["split"], count(system) + count(instruction), rules.audio_tokens(seconds),

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cotforge.config import PipelineConfig
-from cotforge.dc import ParseResult, parse_teacher, polarity_of
+from cotforge.dc import ParseResult, parse_teacher
 from cotforge.store.ledger import reason_kind
-from cotforge.teacher.cache import ResponseCache, TeacherResponse
+from cotforge.store.cache import ResponseCache, TeacherResponse
 from cotforge.teacher.client import TeacherCallError, TeacherClient, TeacherUnavailable
 from cotforge.teacher.request import ClipMedia, build_request, materialize
 from cotforge.teacher.request import ready as request_ready
-from cotforge.types import SCALES, ClipState
+from cotforge.types import ClipState
 from cotforge.validate import ValidateConfig, Verdict, pick_best, validate
 
 
@@ -84,14 +84,9 @@ class SynthStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def validate_config_for(dataset: str, cfg: PipelineConfig) -> ValidateConfig:
-    overrides = cfg.validate_.overrides()
-    if dataset in SCALES:
-        return ValidateConfig.for_dataset(dataset, **overrides)
-    # a manifest corpus: take the rules of the dataset whose scale it shares
-    low, high = cfg.source.label_range or (-3.0, 3.0)
-    base = "mosi" if high > 1 else "sims"
-    return ValidateConfig.for_dataset(base, **{"score_range": (low, high), "language": cfg.source.language or "en", **overrides})
+def validate_config_for(cfg: PipelineConfig) -> ValidateConfig:
+    """The run's validator: its one scale plus the validate section's overrides."""
+    return ValidateConfig.for_scale(cfg.source.scale(), **cfg.validate_.overrides())
 
 
 def _rejection_reason(candidates: list[Candidate]) -> str:
@@ -141,11 +136,12 @@ class Synthesizer:
         self.cache = cache
         self.client = client
         self.media = media
+        self.vcfg = validate_config_for(cfg)
         self.http = asyncio.Semaphore(cfg.teacher.concurrency)
         self.stats = SynthStats()
 
     async def _fetch(self, row: dict[str, Any], hint: str | None, attempt: int) -> tuple[str, str, TeacherResponse]:
-        request = build_request(row, self.cfg.teacher, hint=hint, attempt=attempt)
+        request = build_request(row, self.cfg.teacher, self.vcfg.scale, hint=hint, attempt=attempt)
         cached = self.cache.get(request.cache_key)
         if cached is not None:
             self.stats.cache_hits += 1
@@ -182,7 +178,7 @@ class Synthesizer:
     async def _process(self, row: dict[str, Any]) -> ClipOutcome:
         began = time.perf_counter()
         gold = float(row["label"])
-        vcfg = validate_config_for(row["dataset"], self.cfg)
+        vcfg = self.vcfg
         candidates: list[Candidate] = []
         prompt_tokens = completion_tokens = requests = 0
         model = version = None
@@ -204,7 +200,7 @@ class Synthesizer:
                 if any(c.verdict.passed for c in candidates):
                     break
             if not any(c.verdict.passed for c in candidates) and self.cfg.reask.hint:
-                await ask(polarity_of(gold, vcfg.neutral_band, vcfg.neutral_inclusive).value, attempt)
+                await ask(vcfg.scale.polarity(gold).value, attempt)
         except TeacherCallError as err:
             answer = {"requests": requests, "candidates": [c.summary() for c in candidates], "seconds": time.perf_counter() - began}
             return ClipOutcome(row["key"], ClipState.FAILED, str(err), answer)

@@ -20,7 +20,6 @@ from cotforge.sources.rows import (
     KeyRegistry,
     RowError,
     check_range,
-    default_range,
     normalise_split,
     parse_float,
     parse_id,
@@ -35,8 +34,9 @@ class ManifestSource:
         self.cfg = cfg
         self.path = cfg.root
         self.name = cfg.name or self.path.stem
-        self.low, self.high = cfg.label_range or default_range("mosi")
-        self.language = cfg.language or "en"
+        scale = cfg.scale()
+        self.low, self.high = scale.low, scale.high
+        self.language = scale.language
 
     def check(self) -> None:
         if not self.path.is_file():

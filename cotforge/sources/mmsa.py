@@ -24,13 +24,12 @@ from cotforge.sources.rows import (
     KeyRegistry,
     RowError,
     check_range,
-    default_range,
     normalise_split,
     parse_float,
     parse_id,
     resolve_clip_file,
 )
-from cotforge.types import SCALES, ClipRef
+from cotforge.types import DATASETS, ClipRef
 
 REQUIRED = ("video_id", "clip_id", "text", "label", "mode")
 UNIMODAL = ("label_T", "label_A", "label_V")
@@ -39,17 +38,15 @@ TRANSCRIPT_DIR = "Raw/Transcript/Segmented/Combined"
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-def _default_label_file(dataset: str) -> str:
-    return "meta.csv" if dataset == "simsv2" else "label.csv"
-
-
 class MMSASource:
     def __init__(self, cfg: SourceConfig) -> None:
         self.cfg = cfg
         self.root = cfg.root
-        self.label_path = self.root / (cfg.label_file or _default_label_file(cfg.dataset))
-        self.low, self.high = cfg.label_range or default_range(cfg.dataset)
-        self.language = cfg.language or SCALES[cfg.dataset].language
+        self.spec = DATASETS[cfg.dataset]
+        self.label_path = self.root / (cfg.label_file or self.spec.label_file)
+        scale = cfg.scale()
+        self.low, self.high = scale.low, scale.high
+        self.language = scale.language
         self._columns: dict[str, str] = {}
         self._transcripts: dict[str, dict[str, tuple[float, float, str]]] = {}
         self._listing: dict[Path, list[Path]] = {}
@@ -173,7 +170,7 @@ class MMSASource:
         ref.start, ref.end = max(0.0, start), end
         if ref.end <= ref.start:
             raise RowError(f"empty time range: [{start:g}, {end:g}] s")
-        candidates = [self.root / self.cfg.full_video_dir / f"{ref.video_id}.mp4", self.root / "Raw" / f"{ref.video_id}.mp4"]
+        candidates = [self.root / (self.cfg.full_video_dir or self.spec.full_video_dir) / f"{ref.video_id}.mp4", self.root / "Raw" / f"{ref.video_id}.mp4"]
         found = next((p for p in candidates if p.is_file()), None)
         ref.media_path = str(found or candidates[0])
         if found is None:

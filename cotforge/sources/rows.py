@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from cotforge.types import SCALES, ClipRef
+from cotforge.types import ClipRef
 
 SPLITS = ("train", "valid", "test")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".flv", ".m4v")
@@ -37,11 +37,6 @@ def parse_id(value: object) -> str:
     if text.endswith(".0") and text[:-2].isdigit():
         text = text[:-2]
     return text
-
-
-def default_range(dataset: str) -> tuple[float, float]:
-    scale = SCALES.get(dataset, SCALES["mosi"])
-    return (scale.low, scale.high)
 
 
 def check_range(label: float, low: float, high: float, dataset: str) -> None:

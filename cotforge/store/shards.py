@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 
 from cotforge import __version__
 from cotforge.config import ExportConfig
-from cotforge.dc import parse_teacher, polarity_of, render_student
+from cotforge.dc import parse_teacher, render_student
 from cotforge.store.bundles import BUNDLE_SCHEMA
-from cotforge.teacher.cache import ResponseCache
+from cotforge.store.cache import ResponseCache
+from cotforge.types import Scale
 
 SCHEMA_VERSION = "1"
 
@@ -117,7 +118,7 @@ def inputs_hash(answers: dict[str, dict], config_hash: str) -> str:
     return digest.hexdigest()
 
 
-def corpus_rows(bundle: dict, entry: dict, cache: ResponseCache, cfg: ExportConfig, neutral: tuple[float, bool]) -> Iterator[dict]:
+def corpus_rows(bundle: dict, entry: dict, cache: ResponseCache, cfg: ExportConfig, scale: Scale) -> Iterator[dict]:
     """One shard row per chosen sample of a clip (one, or all passing ones with keep=all)."""
     answer = entry["answer"]
     for sample, index in enumerate(answer.get("chosen") or []):
@@ -137,7 +138,7 @@ def corpus_rows(bundle: dict, entry: dict, cache: ResponseCache, cfg: ExportConf
             **row,
             "id": f"{bundle['key']}#{sample}",
             "sample": sample,
-            "label_polarity": polarity_of(bundle["label"], *neutral).value,
+            "label_polarity": scale.polarity(bundle["label"]).value,
             "teacher_model": response.model,
             "prompt_version": answer.get("prompt_version"),
             "rationale": rationale.model_dump(mode="json"),

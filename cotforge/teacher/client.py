@@ -18,7 +18,7 @@ import httpx
 import openai
 
 from cotforge.config import TeacherConfig
-from cotforge.teacher.cache import TeacherResponse
+from cotforge.store.cache import TeacherResponse
 from cotforge.teacher.request import split_body
 
 PREFLIGHT_TIMEOUT_S = 8.0

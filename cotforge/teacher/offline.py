@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from cotforge.config import TeacherConfig
-from cotforge.teacher.cache import TeacherResponse
+from cotforge.store.cache import TeacherResponse
 from cotforge.teacher.client import ClientStats, TeacherCallError, TeacherUnavailable
 
 INSTALL_HINT = (

@@ -12,16 +12,23 @@ from functools import cache
 import jinja2
 
 from cotforge.resources import resource_dir
-from cotforge.types import SCALES, LabelScale
+from cotforge.types import Scale
 
-ANCHORS = {
-    ("en", 3.0): [(-3, "strongly negative"), (-2, "negative"), (-1, "weakly negative"), (0, "neutral"),
-                  (1, "weakly positive"), (2, "positive"), (3, "strongly positive")],
-    ("en", 1.0): [(-1, "strongly negative"), (-0.5, "weakly negative"), (0, "neutral"), (0.5, "weakly positive"),
-                  (1, "strongly positive")],
-    ("zh", 3.0): [(-3, "强烈消极"), (-2, "消极"), (-1, "略微消极"), (0, "中性"), (1, "略微积极"), (2, "积极"), (3, "强烈积极")],
-    ("zh", 1.0): [(-1, "强烈消极"), (-0.5, "略微消极"), (0, "中性"), (0.5, "略微积极"), (1, "强烈积极")],
+ANCHOR_WORDS = {
+    ("en", 7): ("strongly negative", "negative", "weakly negative", "neutral", "weakly positive", "positive", "strongly positive"),
+    ("en", 5): ("strongly negative", "weakly negative", "neutral", "weakly positive", "strongly positive"),
+    ("zh", 7): ("强烈消极", "消极", "略微消极", "中性", "略微积极", "积极", "强烈积极"),
+    ("zh", 5): ("强烈消极", "略微消极", "中性", "略微积极", "强烈积极"),
 }
+"""Anchor meanings spread evenly over the scale: 7 points on MOSI-like scales ([-3, 3] gives the
+integers), 5 on SIMS-like ones ([-1, 1] gives steps of 0.5)."""
+
+
+def anchors(scale: Scale, lang: str) -> list[tuple[float, str]]:
+    words = ANCHOR_WORDS[(lang, 7 if scale.metrics == "mosi" else 5)]
+    step = (scale.high - scale.low) / (len(words) - 1)
+    return [(round(scale.low + k * step, 3) + 0.0, word) for k, word in enumerate(words)]
+
 
 HINT_ZH = {"positive": "积极（positive）", "negative": "消极（negative）", "neutral": "中性（neutral）"}
 
@@ -51,20 +58,15 @@ def prompt_version(language: str) -> str:
     return f"dc-{lang}-{digest.hexdigest()[:12]}"
 
 
-def scale_for(dataset: str) -> LabelScale:
-    return SCALES.get(dataset, SCALES["mosi"])
-
-
-def render_teacher(text: str, language: str, scale: LabelScale, hint: str | None = None) -> tuple[str, str]:
+def render_teacher(text: str, language: str, scale: Scale, hint: str | None = None) -> tuple[str, str]:
     """(system prompt, user instruction) for one clip; `hint` is the gold polarity on hinted re-asks."""
     lang = _language(language)
-    anchors = ANCHORS[(lang, 3.0 if scale.high > 1 else 1.0)]
     if hint and lang == "zh":
         hint = HINT_ZH.get(hint, hint)
     system = _env().get_template(f"system.{lang}.j2").render().strip()
-    user = _env().get_template(f"teacher_dc.{lang}.j2").render(text=text, scale=scale, anchors=anchors, hint=hint).strip()
+    user = _env().get_template(f"teacher_dc.{lang}.j2").render(text=text, scale=scale, anchors=anchors(scale, lang), hint=hint).strip()
     return system, user
 
 
-def render_student_system(scale: LabelScale) -> str:
+def render_student_system(scale: Scale) -> str:
     return _env().get_template("student_system.j2").render(scale=scale).strip()

@@ -21,7 +21,8 @@ from typing import Any
 from cotforge.config import TeacherConfig
 from cotforge.resources import load_schema
 from cotforge.teacher.media import data_url, mux_mp4, wav_bytes
-from cotforge.teacher.prompts import prompt_version, render_teacher, scale_for
+from cotforge.teacher.prompts import prompt_version, render_teacher
+from cotforge.types import Scale
 
 MEDIA_PLACEHOLDER = "cotforge-media:"
 # The body keys the openai client types; everything else goes through `extra_body` (vLLM reads it top level).
@@ -56,9 +57,8 @@ def _structured(cfg: TeacherConfig) -> dict[str, Any]:
     return {}
 
 
-def build_request(row: dict[str, Any], cfg: TeacherConfig, hint: str | None = None, attempt: int = 0) -> TeacherRequest:
-    """Canonical request for one bundle row (see store.bundles); `attempt` > 0 varies the seed for re-asks."""
-    scale = scale_for(row["dataset"])
+def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: str | None = None, attempt: int = 0) -> TeacherRequest:
+    """Canonical request for one bundle row (see store.bundles) on the run's scale; `attempt` > 0 varies the seed for re-asks."""
     system, instruction = render_teacher(row["text"], row["language"], scale, hint)
     media_hash = row["media_hash"]
     parts: list[dict[str, Any]] = [

@@ -37,9 +37,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
-from cotforge.teacher.sim_answer import CLIP_HEADERS, KEY_HEADER, Choice, Clip, Fault, NoiseModel, answer, draw_fault
-from cotforge.teacher.sim_config import SimConfig
-from cotforge.teacher.sim_request import CheckedRequest, SimError, check_request, completion_budget, invalid
+from cotforge.sim.answers import CLIP_HEADERS, KEY_HEADER, Choice, Clip, Fault, NoiseModel, answer, draw_fault
+from cotforge.sim.config import SimConfig
+from cotforge.sim.requests import CheckedRequest, SimError, check_request, completion_budget, invalid
 
 __all__ = ["SimConfig", "SimProcess", "build_arg_parser", "create_app", "main", "parse_config", "serve"]
 
@@ -389,7 +389,7 @@ class SimProcess:
         self.url = f"{self.root}/v1"
         self._output: IO[bytes] | None = tempfile.TemporaryFile()
         self._final_output = ""
-        command = [sys.executable, "-m", "cotforge.teacher.sim", "--json-config", self.cfg.model_dump_json()]
+        command = [sys.executable, "-m", "cotforge.sim.server", "--json-config", self.cfg.model_dump_json()]
         self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT)
         try:
             self._wait_ready(startup_timeout_s)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from cotforge.dc import Polarity, polarity_of
-from cotforge.teacher.sim_config import SimConfig
-from cotforge.teacher.sim_media import text_tokens
-from cotforge.teacher.sim_request import CheckedRequest, invalid
+from cotforge.types import MOSI_SCALE, Polarity, Scale, scale_for_range
+from cotforge.sim.config import SimConfig
+from cotforge.sim.media import text_tokens
+from cotforge.sim.requests import CheckedRequest, invalid
 
 STEP = 0.1
 """Scores have one decimal, as the teacher prompt asks."""
@@ -69,40 +69,29 @@ def draw_fault(cfg: SimConfig, digest: str, attempt: int) -> Fault | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Scale:
-    """A label range and its neutral band: |s| < 0.5 on wide ranges (MOSI), |s| <= 0.1 on [-1, 1] (SIMS)."""
+class SimScale:
+    """The clip's label scale (cotforge's own, so gold polarity is MMSA's bucket) on a 0.1 grid."""
 
-    low: float = -3.0
-    high: float = 3.0
+    scale: Scale = MOSI_SCALE
 
     @property
     def half(self) -> float:
-        return (self.high - self.low) / 2
-
-    @property
-    def inclusive(self) -> bool:
-        return self.half <= 1
-
-    @property
-    def band(self) -> float:
-        return 0.1 if self.inclusive else 0.5
+        return (self.scale.high - self.scale.low) / 2
 
     def polarity(self, score: float) -> Polarity:
-        return polarity_of(score, self.band, self.inclusive)
+        return self.scale.polarity(score)
 
     def on_grid(self, score: float) -> float:
         """Clipped into the range and rounded to one decimal (never -0.0)."""
-        return round(min(self.high, max(self.low, score)), 1) + 0.0
+        return round(min(self.scale.high, max(self.scale.low, score)), 1) + 0.0
 
     def with_polarity(self, polarity: Polarity, score: float) -> float:
-        """The grid score nearest to `score` (or to its mirror image) that has `polarity`."""
+        """The grid score nearest to `score` that has `polarity` (ties: the smaller magnitude)."""
         if self.polarity(score) is polarity:
             return score
-        if polarity is Polarity.NEUTRAL:
-            edge = self.band if self.inclusive else round(self.band - STEP, 1)
-            return max(-edge, min(edge, score))
-        magnitude = max(abs(score), round(self.band + STEP, 1) if self.inclusive else self.band)
-        return magnitude if polarity is Polarity.POSITIVE else -magnitude
+        steps = round((self.scale.high - self.scale.low) / STEP)
+        grid = (round(self.scale.low + k * STEP, 1) + 0.0 for k in range(steps + 1))
+        return min((g for g in grid if self.polarity(g) is polarity), key=lambda g: (abs(g - score), abs(g)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +100,7 @@ class Clip:
 
     key: str | None
     gold: float | None
-    scale: Scale
+    scale: SimScale
     language: str
     hint: Polarity | None
 
@@ -138,16 +127,16 @@ def _gold(value: str | None) -> float | None:
     return gold
 
 
-def _scale(value: str | None) -> Scale:
+def _scale(value: str | None) -> SimScale:
     if value is None:
-        return Scale()
+        return SimScale()
     try:
         low, high = (float(bound) for bound in value.split(","))
     except ValueError:
         low = high = math.nan
     if not low < 0 < high:
         raise invalid(f"X-Cotforge-Range must be 'low,high' with low < 0 < high, e.g. '-3,3', not {value!r}")
-    return Scale(low, high)
+    return SimScale(scale_for_range(low, high, "en"))
 
 
 def _language(value: str | None) -> str:
@@ -351,7 +340,7 @@ def rationale(clip: Clip, score: float, transcript: str, rng: random.Random) -> 
     }
 
 
-def _level(polarity: Polarity, score: float, scale: Scale) -> int:
+def _level(polarity: Polarity, score: float, scale: SimScale) -> int:
     """0 for neutral answers, then 1-3 for mild, clear and strong ones by their share of the range."""
     if polarity is Polarity.NEUTRAL:
         return 0

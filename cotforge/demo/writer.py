@@ -30,8 +30,8 @@ import numpy as np
 
 from cotforge.sources.mmsa import TRANSCRIPT_DIR
 from cotforge.sources.rows import SPLITS
-from cotforge.sources.voice import synth_voice
-from cotforge.types import DATASETS, SCALES
+from cotforge.demo.voice import synth_voice
+from cotforge.types import DATASETS
 
 CORRUPT_KINDS = ("truncated", "no-audio", "no-video", "zero-bytes", "missing")
 HEADER = ("video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode")
@@ -287,7 +287,7 @@ def _rows(dataset: str, sizes: list[int], rng: np.random.Generator) -> list[_Row
                     clip_id=_clip_id(dataset, number),
                     split=splits[index],
                     label=label,
-                    valence=label / SCALES[dataset].high,
+                    valence=label / DATASETS[dataset].scale.high,
                     unimodal=_unimodal(label, rng) if dataset in ("sims", "simsv2") else None,
                     text=_text(dataset, label, index, count, rng),
                 )
@@ -376,7 +376,7 @@ def _bucket(dataset: str, label: float) -> str:
     """Polarity and intensity: strong when at least two thirds of the way to an extreme."""
     if _annotation(dataset, label) == "Neutral":
         return "neu"
-    strength = "2" if abs(label) >= 2 / 3 * SCALES[dataset].high else "1"
+    strength = "2" if abs(label) >= 2 / 3 * DATASETS[dataset].scale.high else "1"
     return ("pos" if label > 0 else "neg") + strength
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cotforge.teacher.sim_config import MODALITIES, SimConfig
-from cotforge.teacher.sim_media import (
+from cotforge.sim.config import MODALITIES, SimConfig
+from cotforge.sim.media import (
     MediaError,
     Visual,
     audio_tokens,

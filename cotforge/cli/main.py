@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from cotforge import __version__
+from cotforge.cli.common import DATASETS, SetOption, err, fail, load_config, out
 
 app = typer.Typer(
     name="cotforge",
@@ -21,17 +21,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-DATASETS = ["mosi", "mosei", "sims", "simsv2"]
-
-
-def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def version_callback(value: bool) -> None:
     if value:
         out.print(f"cotforge {__version__}")
@@ -60,7 +49,7 @@ def demo_data(
 ) -> None:
     """Write a small dataset in the real MMSA layout with generated H.264/AAC clips (no download)."""
     from cotforge.executors.progress import make_progress
-    from cotforge.sources.demo import make_demo_dataset
+    from cotforge.demo.writer import make_demo_dataset
 
     if dataset not in DATASETS:
         fail(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
@@ -184,40 +173,8 @@ def status(
         out.print(reasons)
 
 
-def _pipeline(
-    pipeline: Path | None, run: Path | None, sets: list[str], options: dict[str, object] | None = None
-):
-    """A PipelineConfig from a YAML file, or from RUN/config.yaml, plus options and --set overrides."""
-    from cotforge.config import PipelineConfig, apply_overrides, format_validation_error, load_pipeline
-    from cotforge.store.run import RunDir
-
-    assignments = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (options or {}).items() if v is not None]
-    assignments += list(sets)
-    try:
-        if pipeline is not None:
-            cfg = load_pipeline(pipeline, assignments)
-        else:
-            saved = RunDir(run).load_config() if run is not None else {}
-            if not saved:
-                fail(f"{run} has no config.yaml; give a pipeline file (PIPELINE.yaml) or run `cotforge bundle` first")
-            saved.pop("run", None)
-            cfg = PipelineConfig.model_validate(apply_overrides(saved, assignments))
-    except ValidationError as exc:
-        fail(format_validation_error(exc, f"{run}/config.yaml"))
-    except ValueError as exc:
-        fail(str(exc))
-    if run is not None:
-        cfg.run = run
-    if cfg.run is None:
-        cfg.run = Path("runs") / cfg.name
-    return cfg
-
-
 def _teacher_options(url: str | None, model: str | None, concurrency: int | None) -> dict[str, object]:
     return {"teacher.url": url, "teacher.model": model, "teacher.concurrency": concurrency}
-
-
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: --set teacher.concurrency=64.")]
 
 
 @app.command()
@@ -235,7 +192,7 @@ def synth(
     from cotforge.store.run import RunDir
     from cotforge.teacher.client import TeacherUnavailable
 
-    cfg = _pipeline(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
+    cfg = load_config(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
     RunDir(run).save_config(cfg.public_dump())
     try:
         stats = run_synth(cfg, run, quiet=quiet)
@@ -272,7 +229,7 @@ def export(
     from cotforge.store.run import RunError
     from cotforge.store.shards import ExportError
 
-    cfg = _pipeline(None, run, set_ or [])
+    cfg = load_config(None, run, set_ or [])
     try:
         result = run_export(cfg, run, force=force)
     except (RunError, ExportError) as exc:
@@ -295,7 +252,7 @@ def run_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Decode -> teacher -> validate -> shards, all stages at once; resumes where it stopped."""
-    cfg = _pipeline(pipeline, run, set_ or [])
+    cfg = load_config(pipeline, run, set_ or [])
     _run_pipeline(cfg, force, quiet)
 
 
@@ -336,7 +293,7 @@ def plan(
     """Estimate prompt/completion tokens and teacher time for a run before spending GPU hours."""
     from cotforge.executors.local import run_plan
 
-    cfg = _pipeline(None, run, set_ or [], {"teacher.model": model})
+    cfg = load_config(None, run, set_ or [], {"teacher.model": model})
     count = None
     if tokenizer is not None:
         try:
@@ -390,8 +347,8 @@ def demo(
     """The whole pipeline on generated clips against the built-in teacher simulator, in about a minute."""
     from cotforge.config import load_pipeline
     from cotforge.resources import resource_dir
-    from cotforge.sources.demo import make_demo_dataset
-    from cotforge.teacher.sim import SimConfig, SimProcess
+    from cotforge.demo.writer import make_demo_dataset
+    from cotforge.sim.server import SimConfig, SimProcess
 
     if dataset not in DATASETS:
         fail(f"--dataset must be one of {', '.join(DATASETS)}, not {dataset!r}")
@@ -432,10 +389,7 @@ def teacher_sim(ctx: typer.Context) -> None:
     noise model, models a GPU server (capacity, latency, queueing) and injects faults. Its model
     names start with sim/: what it writes is never presented as a model's.
     """
-    from cotforge.teacher.sim import main as sim_main
+    from cotforge.sim.server import main as sim_main
 
     sim_main(list(ctx.args))
 
-
-if __name__ == "__main__":
-    app()
