@@ -15,6 +15,7 @@ Needs the [dev] extra (imageio-ffmpeg for the ffmpeg binary, opencv-python-headl
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import multiprocessing
 import multiprocessing.synchronize
@@ -28,7 +29,8 @@ import imageio_ffmpeg
 
 from cotforge.config import MediaConfig, SourceConfig
 from cotforge.media.decode import decode_clip
-from cotforge.media.pool import DecodePool
+from cotforge.executors.pools import WorkerPool
+from cotforge.steps.decode import DecodeStep
 from cotforge.sources import open_source
 from cotforge.demo.writer import make_demo_dataset
 from table import print_table  # bench/table.py, beside this script
@@ -137,12 +139,27 @@ def independent_rate(refs: list, cfg: MediaConfig, processes: int) -> float:
 
 
 def pool_rate(refs: list, cfg: MediaConfig, workers: int) -> float:
-    with DecodePool(cfg, workers) as pool:
-        list(pool.map(refs[:workers]))  # start the workers before timing
-        began = time.perf_counter()
-        results = list(pool.map(refs))
-        elapsed = time.perf_counter() - began
-    assert len(results) == len(refs)
+    """cotforge's decode step on its worker pool, as the local executor drives it (2 x workers in flight)."""
+    step = DecodeStep(cfg)
+
+    async def go() -> tuple[int, float]:
+        pool = WorkerPool(workers)
+        try:
+            await asyncio.gather(*(pool.run(step.process, ref) for ref in refs[:workers]))  # start the workers first
+            slots = asyncio.Semaphore(2 * workers)
+
+            async def one(ref) -> object:
+                async with slots:
+                    return await pool.run(step.process, ref)
+
+            began = time.perf_counter()
+            results = await asyncio.gather(*(one(ref) for ref in refs))
+            return len(results), time.perf_counter() - began
+        finally:
+            pool.shutdown()
+
+    done, elapsed = asyncio.run(go())
+    assert done == len(refs)
     return len(refs) / elapsed
 
 

@@ -62,7 +62,7 @@ def main() -> None:
         warm = run_pipeline(cfg, run, quiet=True)
         write_report(cfg, run)
         warm_wall = time.perf_counter() - began
-    judged = first.synth.clips
+    judged = first.synth["clips"]
     capacity = args.capacity / (args.latency_ms / 1000)
     rate = judged / first_wall
     manifest = json.loads((run / "manifest.json").read_text())
@@ -70,14 +70,14 @@ def main() -> None:
         judged_at = sorted(t for (t,) in ledger.db.execute("SELECT judged_at FROM clips WHERE judged_at IS NOT NULL"))
     steady = (len(judged_at) - 1) / (judged_at[-1] - judged_at[0])
     rows = [
-        ("clips judged / requests sent (first run)", f"{judged} / {first.synth.requests}"),
+        ("clips judged / requests sent (first run)", f"{judged} / {first.synth['requests']}"),
         ("simulator capacity C/L", f"{capacity:.1f} req/s (C={args.capacity}, L={args.latency_ms:g} ms)"),
         ("pipeline clips/s / capacity", f"{rate / capacity:.3f}x  (target >= 0.90)"),
         ("  steady state (first to last judged clip) / capacity", f"{steady / capacity:.3f}x"),
         ("  start-up + first answer + export", f"{first_wall - judged / capacity:.1f} s over the ideal {judged / capacity:.0f} s"),
         ("warm re-run wall / first run wall (both with report)", f"{warm_wall / (first_wall + report_wall):.3f}x  (target <= 0.05)"),
-        ("warm re-run: teacher requests, clips decoded", f"{warm.synth.requests}, {warm.bundle.bundled}"),
-        ("warm re-run rewrote shards", str(warm.export.rewritten)),
+        ("warm re-run: teacher requests, clips decoded", f"{warm.synth['requests']}, {warm.bundle['bundled']}"),
+        ("warm re-run rewrote shards", str(bool(warm.export["rewritten"]))),
         ("accepted rows in shards", str(sum(manifest["shards"]["rows"].values()))),
     ]
     print_table(rows, "value")

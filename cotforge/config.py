@@ -170,7 +170,7 @@ class TeacherConfig(Section):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=1024, ge=16, description="completion token budget")
     seed: int | None = Field(default=1234, description="sampling seed sent with each request (None: not sent)")
-    samples: int = Field(default=1, ge=1, le=16, description="samples per request (OpenAI `n`)")
+    n: int = Field(default=1, ge=1, le=16, description="samples per request (OpenAI `n`); reask.samples counts samples per clip")
     structured: Literal["response_format", "structured_outputs", "none"] = Field(
         default="response_format",
         description="how the DC JSON schema is enforced: OpenAI json_schema, vLLM structured_outputs, or not at all",
@@ -192,8 +192,21 @@ class TeacherConfig(Section):
         description="write request MP4s here and send file:// URLs instead of base64 (a folder the server also "
         "sees, inside its --allowed-local-media-path)",
     )
+    splits: list[Literal["train", "valid", "test"]] = Field(
+        default_factory=lambda: ["train", "valid"],
+        description="splits the teacher writes chains for; test is held out for evaluation (RUN/eval/test) unless listed",
+    )
     simulated: bool = Field(default=False, description="the teacher is `cotforge teacher-sim`: send the gold label in headers")
     media_workers: int = Field(default=2, ge=1, le=256, description="processes that mux request media")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "samples" in data:
+            raise ValueError(
+                "teacher.samples was renamed teacher.n (samples per request, OpenAI n); reask.samples counts samples per clip"
+            )
+        return data
 
     def resolved_api_key(self) -> str:
         import os
@@ -222,7 +235,7 @@ class ValidateSection(Section):
 class ReaskConfig(Section):
     """What happens when no sample of a clip passes validation."""
 
-    samples: int = Field(default=3, ge=1, le=64, description="samples drawn per clip before the hint (teacher.samples per request)")
+    samples: int = Field(default=3, ge=1, le=64, description="samples drawn per clip before the hint (teacher.n per request)")
     hint: bool = Field(default=True, description="one last attempt with the gold polarity (never the score) in the prompt")
     keep: Literal["best", "all"] = Field(default="best", description="keep the best passing sample, or every passing one")
 
@@ -234,6 +247,10 @@ class ExportConfig(Section):
     row_group_rows: int = Field(default=64, ge=1, description="rows per Parquet row group (streaming reads)")
     media: Literal["inline", "path"] = Field(default="inline", description="audio/frames as bytes in the shard, or a path to the source clip")
     rejected: bool = Field(default=False, description="also write rejected chains to shards-rejected/")
+    eval_splits: list[Literal["train", "valid", "test"]] = Field(
+        default_factory=lambda: ["valid", "test"],
+        description="splits written unfiltered to RUN/eval/<split>/ (every bundled clip, gold labels, no teacher output)",
+    )
 
 
 class PipelineConfig(Section):
@@ -260,15 +277,35 @@ class PipelineConfig(Section):
         data["teacher"].pop("api_key", None)
         return data
 
+    def teacher_identity(self) -> dict[str, Any]:
+        """The teacher settings that decide what a request costs and says: changing them means paying again."""
+        teacher = self.public_dump()["teacher"]
+        return {k: teacher[k] for k in TEACHER_IDENTITY}
+
+    def judge_fingerprint(self) -> str:
+        """Hash of everything a clip's judgement depends on besides its labels: the teacher's identity,
+        re-asking, validation and the scale. A clip judged under another one is judged again, from the cache."""
+        data = self.public_dump()
+        relevant = {"teacher": self.teacher_identity(), "reask": data["reask"], "validate": data["validate"],
+                    "scale": self.source.scale().as_dict()}
+        return _digest(relevant)
+
     def fingerprint(self) -> str:
-        """Hash of what decides the corpus's content (not how fast it is made): guards shard folders."""
+        """Hash of what decides the corpus's content (not how fast it is made): recorded in the manifest."""
         data = self.public_dump()
         relevant = {
             "source": data["source"], "media": data["media"], "validate": data["validate"], "reask": data["reask"],
-            "teacher": {k: data["teacher"][k] for k in ("model", "temperature", "top_p", "max_tokens", "seed", "samples", "structured", "media_mode", "video_codec")},
-            "export": {k: data["export"][k] for k in ("media", "rejected")},
+            "teacher": {**self.teacher_identity(), "splits": data["teacher"]["splits"]},
+            "export": {k: data["export"][k] for k in ("media", "rejected", "eval_splits")},
         }
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+        return _digest(relevant)
+
+
+TEACHER_IDENTITY = ("model", "temperature", "top_p", "max_tokens", "seed", "n", "structured", "media_mode", "video_codec")
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_pipeline(path: Path, assignments: list[str] | None = None) -> PipelineConfig:

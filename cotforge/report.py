@@ -23,11 +23,12 @@ import numpy as np  # noqa: E402
 
 from cotforge.config import PipelineConfig  # noqa: E402
 from cotforge.metrics import msa_metrics  # noqa: E402
-from cotforge.store.ledger import reason_kind  # noqa: E402
+from cotforge.types import reason_kind  # noqa: E402
 from cotforge.store.run import RunDir  # noqa: E402
 from cotforge.types import Scale  # noqa: E402
 
 POLARITIES = ("negative", "neutral", "positive")
+TERMINAL = ("accepted", "rejected", "failed", "held_out")
 
 
 def _first_answer(answer: dict[str, Any]) -> dict[str, Any] | None:
@@ -36,10 +37,8 @@ def _first_answer(answer: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _load(run_dir: RunDir) -> list[dict[str, Any]]:
-    with run_dir.open_ledger() as ledger:
-        rows = ledger.db.execute(
-            "SELECT key, dataset, split, state, stage, reason, ref, answer, judged_at FROM clips ORDER BY judged_at, key"
-        ).fetchall()
+    with run_dir.open_ledger(read_only=True) as ledger:
+        rows = [row for row in ledger.rows() if row[3] != "removed"]
     out = []
     for key, dataset, split, state, stage, reason, ref, answer, judged in rows:
         out.append({
@@ -63,7 +62,8 @@ def write_report(cfg: PipelineConfig, run: Path) -> Path:
     rows = _load(run_dir)
     summary = folder / "summary.md"
     stamp = folder / ".inputs"
-    digest = hashlib.sha256(json.dumps([rows, cfg.fingerprint()], sort_keys=True, default=str).encode()).hexdigest()
+    faults = run_dir.totals("client")
+    digest = hashlib.sha256(json.dumps([rows, cfg.fingerprint(), faults.to_dict()], sort_keys=True, default=str).encode()).hexdigest()
     if summary.is_file() and stamp.is_file() and stamp.read_text() == digest:
         return summary  # nothing changed since the last report: plotting again would only cost time
     dataset = cfg.source.dataset
@@ -71,6 +71,7 @@ def write_report(cfg: PipelineConfig, run: Path) -> Path:
     judged = [r for r in rows if r["answer"] is not None and r["state"] in ("accepted", "rejected")]
     accepted = [(r["answer"]["score"], r["label"]) for r in judged if r["state"] == "accepted"]
     first = [(f["score"], r["label"]) for r in judged if (f := _first_answer(r["answer"]))]
+    simulated = any(str((r["answer"] or {}).get("teacher_model") or "").startswith("sim/") for r in judged)
     plots = {
         "scores.png": _plot_scores(first, accepted, (scale.low, scale.high)),
         "confusion.png": _plot_confusion(judged, scale),
@@ -80,11 +81,14 @@ def write_report(cfg: PipelineConfig, run: Path) -> Path:
     }
     written = {}
     for name, figure in plots.items():
+        if figure is not None and simulated:
+            for ax in figure.axes:
+                ax.set_title(f"{ax.get_title()} (simulated teacher)")
         if figure is not None:
             figure.savefig(folder / name, dpi=110, bbox_inches="tight")
             plt.close(figure)
             written[name] = True
-    summary.write_text(_summary(cfg, rows, judged, accepted, first, dataset, scale, written), encoding="utf-8")
+    summary.write_text(_summary(cfg, rows, judged, accepted, first, dataset, scale, written, faults), encoding="utf-8")
     stamp.write_text(digest)
     return summary
 
@@ -167,7 +171,7 @@ def _fmt(value: float) -> str:
     return "nan" if isinstance(value, float) and math.isnan(value) else f"{value:.4f}"
 
 
-def _summary(cfg, rows, judged, accepted, first, dataset, scale, written) -> str:
+def _summary(cfg, rows, judged, accepted, first, dataset, scale, written, faults) -> str:
     states = Counter(r["state"] for r in rows)
     splits = Counter((r["split"], r["state"]) for r in rows)
     tokens_p = sum((r["answer"] or {}).get("prompt_tokens") or 0 for r in rows)
@@ -180,17 +184,22 @@ def _summary(cfg, rows, judged, accepted, first, dataset, scale, written) -> str
         f"- dataset: **{dataset}**, teacher: **{', '.join(models) or '-'}**"
         + (" (simulated: not a model)" if any(m.startswith("sim/") for m in models) else ""),
         f"- clips: **{len(rows)}** = accepted {states['accepted']} + rejected {states['rejected']} + failed {states['failed']}"
-        + (f" + unfinished {len(rows) - states['accepted'] - states['rejected'] - states['failed']}" if len(rows) != states['accepted'] + states['rejected'] + states['failed'] else ""),
-        f"- acceptance: **{states['accepted'] / max(len(judged), 1):.1%}** of judged clips; {hinted} accepted only with the polarity hint",
+        f" + held out {states['held_out']}"
+        + (f" + unfinished {unfinished}" if (unfinished := len(rows) - sum(states[s] for s in TERMINAL)) else ""),
+        f"- acceptance: **{states['accepted']} of {len(judged)} judged clips ({states['accepted'] / max(len(judged), 1):.1%})**;"
+        f" {states['failed']} of {len(rows)} clips failed before a judgement; {hinted} accepted only with the polarity hint",
         f"- tokens: {tokens_p:,} prompt + {tokens_c:,} completion",
+        f"- teacher retries: {', '.join(f'{k} {n}' for k, n in sorted(faults.group('retries').items())) or 'none'};"
+        f" requests given up: {', '.join(f'{k} {n}' for k, n in sorted(faults.group('failures').items())) or 'none'}",
         "",
         "## Per split",
         "",
-        "| split | accepted | rejected | failed |",
-        "|---|---|---|---|",
+        "| split | accepted | rejected | failed | held out |",
+        "|---|---|---|---|---|",
     ]
     for split in sorted({r["split"] for r in rows}):
-        lines.append(f"| {split} | {splits[(split, 'accepted')]} | {splits[(split, 'rejected')]} | {splits[(split, 'failed')]} |")
+        lines.append(f"| {split} | {splits[(split, 'accepted')]} | {splits[(split, 'rejected')]} | {splits[(split, 'failed')]}"
+                     f" | {splits[(split, 'held_out')]} |")
     lines += ["", "## Teacher metrics (MMSA definitions)", ""]
     m_all, m_acc = _metrics_table(scale, first), _metrics_table(scale, accepted)
     if m_all:

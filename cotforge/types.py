@@ -12,7 +12,9 @@ from typing import Any
 
 
 class ClipState(StrEnum):
-    """Where a clip stands in a run; every clip ends in accepted, rejected or failed."""
+    """Where a clip stands in a run; every clip of the dataset ends in exactly one terminal state:
+    accepted, rejected or failed, or held out (bundled for evaluation only: its split is not given
+    to the teacher). A row deleted from the label file is `removed` and leaves the counts."""
 
     PENDING = "pending"
     BUNDLED = "bundled"
@@ -20,9 +22,19 @@ class ClipState(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     FAILED = "failed"
+    HELD_OUT = "held_out"
+    REMOVED = "removed"
 
 
-TERMINAL_STATES = (ClipState.ACCEPTED, ClipState.REJECTED, ClipState.FAILED)
+TERMINAL_STATES = (ClipState.ACCEPTED, ClipState.REJECTED, ClipState.FAILED, ClipState.HELD_OUT)
+
+
+def reason_kind(reason: str | None) -> str:
+    """Group reasons by their fixed head ("media file missing: /a/b.mp4" -> "media file missing").
+
+    Every reason cotforge records is written as "<kind>: <details>" for this.
+    """
+    return (reason or "").split(":", 1)[0]
 
 
 class Polarity(StrEnum):
@@ -180,3 +192,16 @@ class ClipFailure:
     reason: str
     stage: str
     seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class TeacherResponse:
+    """What a teacher backend answered to one request (every sample), with its usage; cached as is."""
+
+    contents: list[str]
+    finish_reasons: list[str]
+    model: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float = 0.0
+    cached: bool = False

@@ -50,7 +50,7 @@ def ledger_rows(run: Path) -> dict[str, tuple[str, str | None]]:
 def test_each_layout_bundles_every_clip(demo_factory, run_dir: Path, dataset: str) -> None:
     demo = demo_factory(dataset, clips=6)
     stats = run_bundle(config(demo.root, dataset), run_dir, quiet=True)
-    assert (stats.read, stats.bundled, stats.failed) == (6, 6, 0)
+    assert (stats["rows"], stats["bundled"], stats["failed"]) == (6, 6, 0)
     rows = bundled_rows(run_dir)
     assert sorted(r["key"] for r in rows) == sorted(f"{dataset}/{c.video_id}/{c.clip_id}" for c in demo.clips)
     for row in rows:
@@ -81,7 +81,7 @@ def test_transcript_segments_mode_matches_columns(demo_factory, tmp_path: Path) 
 def test_every_corrupt_kind_fails_with_its_reason_and_counts_add_up(demo_factory, run_dir: Path) -> None:
     demo = demo_factory("mosi", clips=10, corrupt=5)
     stats = run_bundle(config(demo.root), run_dir, quiet=True)
-    assert stats.read == 10 and stats.bundled == 5 and stats.failed == 5
+    assert stats["rows"] == 10 and stats["bundled"] == 5 and stats["failed"] == 5
     rows = ledger_rows(run_dir)
     assert len(rows) == 10
     for clip in demo.clips:
@@ -89,7 +89,8 @@ def test_every_corrupt_kind_fails_with_its_reason_and_counts_add_up(demo_factory
         if clip.corrupt:
             assert state == "failed" and reason.split(":")[0] == EXPECTED_REASON[clip.corrupt], (clip.corrupt, reason)
         else:
-            assert state == "bundled" and reason is None
+            # the teacher gets train and valid; test clips are bundled for the eval set only
+            assert state == ("held_out" if clip.split == "test" else "bundled") and reason is None
     truncated = next(rows[f"mosi/{c.video_id}/{c.clip_id}"][1] for c in demo.clips if c.corrupt == "truncated")
     assert "t=" in truncated
 
@@ -99,11 +100,11 @@ def test_second_bundle_decodes_nothing_new(demo_factory, run_dir: Path) -> None:
     run_bundle(config(demo.root), run_dir, quiet=True)
     parts = sorted(p.name for p in (run_dir / "bundles").iterdir())
     again = run_bundle(config(demo.root), run_dir, quiet=True)
-    assert (again.read, again.skipped, again.bundled, again.failed) == (10, 10, 0, 0)
-    assert again.decode_cpu_seconds == 0
+    assert (again["rows"], again["skipped"], again["bundled"], again["failed"]) == (10, 10, 0, 0)
+    assert again.seconds.get("decode_cpu", 0.0) == 0
     assert sorted(p.name for p in (run_dir / "bundles").iterdir()) == parts
     retried = run_bundle(config(demo.root), run_dir, retry_failed=True, quiet=True)
-    assert (retried.skipped, retried.failed) == (5, 5)
+    assert (retried["skipped"], retried["failed"]) == (5, 5)
 
 
 def test_interrupted_run_resumes_without_losing_done_work(demo_factory, run_dir: Path) -> None:
@@ -113,7 +114,7 @@ def test_interrupted_run_resumes_without_losing_done_work(demo_factory, run_dir:
     first = run_bundle(cfg, run_dir, quiet=True)
     cfg.source.limit = None
     second = run_bundle(cfg, run_dir, quiet=True)
-    assert first.bundled == 3 and second.skipped == 3 and second.bundled == 5
+    assert first["bundled"] == 3 and second["skipped"] == 3 and second["bundled"] == 5
     assert len(bundled_rows(run_dir)) == 8
 
 
@@ -175,7 +176,10 @@ def test_cli_bundle_and_status(demo_factory, run_dir: Path) -> None:
     assert "rows read" in done.stdout and "no audio stream" in done.stdout
     status = subprocess.run([*cli, "status", str(run_dir), "--json"], capture_output=True, text=True, check=True)
     payload = json.loads(status.stdout)
-    assert payload["total"] == 10 and payload["states"]["bundled"] == 5 and payload["states"]["failed"] == 5
+    states = payload["states"]
+    assert payload["total"] == 10 and states["bundled"] + states["held_out"] == 5 and states["failed"] == 5
+    by_option = subprocess.run([*cli, "status", "--run", str(run_dir), "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(by_option.stdout) == payload
     assert sum(r["count"] for r in payload["reasons"]) == 5
     bad = subprocess.run([*cli, "bundle", "--root", str(demo.root), "--run", str(run_dir), "--set", "media.fsp=1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "media.fsp" in bad.stderr

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from cotforge.config import PipelineConfig
-from cotforge.executors.export import run_export
-from cotforge.executors.local import run_bundle, run_pipeline, run_synth
+from cotforge.executors.local import run_bundle, run_export, run_pipeline, run_synth
 from cotforge.report import write_report
 from cotforge.store.ledger import Ledger
 from cotforge.store.run import RunError
@@ -31,8 +30,9 @@ def pipeline(root: Path, run: Path, url: str, **sections) -> PipelineConfig:
         "source": {"dataset": "mosi", "root": str(root)},
         "media": {"fps": 2, "max_frames": 8, "size": 128},
         "exec": {"workers": 2, "bundle_part_rows": 4},
+        # every split to the teacher, so each clip is judged; the held-out default has tests of its own
         "teacher": {"url": url, "model": "sim/qwen3-omni", "simulated": True, "concurrency": 4, "backoff_s": 0.01,
-                    "timeout_s": 20, "media_workers": 1},
+                    "timeout_s": 20, "media_workers": 1, "splits": ["train", "valid", "test"]},
         "reask": {"samples": 2},
     }
     for section, values in sections.items():
@@ -62,7 +62,7 @@ def test_run_end_to_end_and_warm_rerun_makes_no_call(demo, tmp_path: Path) -> No
         counts = ledger_counts(run)
         assert counts["accepted"] + counts["rejected"] + counts["failed"] == 10
         assert counts["failed"] == 2 and counts["pending"] == counts["bundled"] == 0
-        assert result.synth.accepted == counts["accepted"] > 0
+        assert result.synth["accepted"] == counts["accepted"] > 0
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["counts"]["states"] == counts
         assert sum(manifest["shards"]["rows"].values()) == counts["accepted"]
@@ -73,7 +73,7 @@ def test_run_end_to_end_and_warm_rerun_makes_no_call(demo, tmp_path: Path) -> No
 
         again = run_pipeline(cfg, run, quiet=True)
         assert sim_requests(sim) == calls, "a warm re-run must not call the teacher"
-        assert again.synth.requests == 0 and again.bundle.bundled == 0 and not again.export.rewritten
+        assert again.synth["requests"] == 0 and again.bundle["bundled"] == 0 and not again.export["rewritten"]
         assert [(p, p.stat().st_mtime_ns) for p, _ in stamps] == stamps
     summary = write_report(cfg, run)
     assert {p.name for p in (run / "report").iterdir()} >= {"summary.md", "scores.png", "confusion.png", "reasons.png",
@@ -144,8 +144,8 @@ def test_faults_are_retried_and_broken_answers_are_judged_not_crashed(demo, tmp_
     counts = ledger_counts(run)
     assert counts["accepted"] + counts["rejected"] + counts["failed"] == 10
     assert counts["pending"] == counts["bundled"] == 0
-    kinds = set(result.synth.retries)
-    assert {"429", "500", "connection", "timeout"} & kinds and sum(result.synth.retries.values()) > 0
+    kinds = set(result.synth.group("retries"))
+    assert {"429", "500", "connection", "timeout"} & kinds and sum(result.synth.group("retries").values()) > 0
     assert stats["faults"]
 
 
@@ -156,15 +156,15 @@ def test_cache_hit_makes_zero_http_calls_and_concurrency_is_bounded(demo, tmp_pa
         run_bundle(cfg.bundle_config(), run, quiet=True)
         first = run_synth(cfg, run, quiet=True)
         stats = httpx.get(f"{sim.root}/sim/stats", trust_env=False).json()
-        assert stats["max_in_flight"] <= 3 and first.max_in_flight <= 3
+        assert stats["max_in_flight"] <= 3 and first.peaks["in_flight"] <= 3
         calls = sim_requests(sim)
         with Ledger(run / "ledger.sqlite") as ledger:  # forget the outcomes, keep the cache
             ledger.db.execute("UPDATE clips SET state = 'bundled', answer = NULL WHERE stage = 'teacher'")
             ledger.commit()
         second = run_synth(cfg, run, quiet=True)
         assert sim_requests(sim) == calls
-        assert second.requests == 0 and second.cache_hits >= second.clips > 0
-        assert (second.accepted, second.rejected) == (first.accepted, first.rejected)
+        assert second["requests"] == 0 and second["cache_hits"] >= second["clips"] > 0
+        assert (second["accepted"], second["rejected"]) == (first["accepted"], first["rejected"])
 
 
 def test_api_key_never_appears_in_outputs(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,23 +211,48 @@ def test_refused_mm_kwargs_stop_with_the_server_flag_to_set(demo, tmp_path: Path
     assert ledger_counts(tmp_path / "run2")["accepted"] > 0
 
 
-def test_other_config_is_refused_unless_forced(demo, tmp_path: Path) -> None:
+def test_a_changed_validator_is_rejudged_from_the_cache_for_free(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    one_sample = {"samples": 1, "hint": False}
+    with SimProcess(SimConfig(port=0, seed=8, noise=0.6, **FAST)) as sim:
+        loose = pipeline(demo.root, run, sim.url, reask=one_sample, validate={"tolerance": 2.5})
+        run_pipeline(loose, run, quiet=True)
+        before = ledger_counts(run)
+        calls = sim_requests(sim)
+        strict = pipeline(demo.root, run, sim.url, reask=one_sample, validate={"tolerance": 0.2})
+        with pytest.raises(RunError, match="judged with other"):
+            run_export(strict, run)  # export alone never re-judges: it says what to run
+        again = run_pipeline(strict, run, quiet=True)
+        after = ledger_counts(run)
+        assert sim_requests(sim) == calls and again.synth["requests"] == 0, "re-judging must not call the teacher"
+        assert again.synth["clips"] == before["accepted"] + before["rejected"] and again.synth["cache_hits"] == again.synth["clips"]
+        assert after["accepted"] < before["accepted"] and after["accepted"] + after["rejected"] == before["accepted"] + before["rejected"]
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["config_hash"] == strict.fingerprint() and sum(manifest["shards"]["rows"].values()) == after["accepted"]
+        # more samples per clip: only the clips that now need a second sample are asked, once each
+        more = pipeline(demo.root, run, sim.url, reask={"samples": 2, "hint": False}, validate={"tolerance": 0.2})
+        third = run_pipeline(more, run, quiet=True)
+        assert third.synth["requests"] == after["rejected"] == sim_requests(sim) - calls
+
+
+def test_other_teacher_settings_are_refused_unless_forced(demo, tmp_path: Path) -> None:
     run = tmp_path / "run"
     with SimProcess(SimConfig(port=0, seed=8, **FAST)) as sim:
         run_pipeline(pipeline(demo.root, run, sim.url), run, quiet=True)
-        other = pipeline(demo.root, run, sim.url, validate={"tolerance": 0.3})
-        with pytest.raises(RunError, match="another config"):
-            run_pipeline(other, run, quiet=True)
+        other = pipeline(demo.root, run, sim.url, teacher={"temperature": 0.2})
         calls = sim_requests(sim)
-        result = run_export(other, run, force=True)
-        assert result.rewritten and sim_requests(sim) == calls
+        with pytest.raises(RunError, match=r"other teacher settings \(temperature 0.7 -> 0.2\)"):
+            run_pipeline(other, run, quiet=True)
+        assert sim_requests(sim) == calls
+        forced = run_pipeline(other, run, force=True, quiet=True)
+        assert forced.synth["requests"] > 0
     assert json.loads((run / "manifest.json").read_text())["config_hash"] == other.fingerprint()
 
 
 def test_keep_all_writes_every_passing_sample(demo, tmp_path: Path) -> None:
     run = tmp_path / "run"
     with SimProcess(SimConfig(port=0, seed=9, noise=0.0, flip_rate=0.0, **FAST)) as sim:
-        cfg = pipeline(demo.root, run, sim.url, teacher={"samples": 2}, reask={"samples": 2, "keep": "all"})
+        cfg = pipeline(demo.root, run, sim.url, teacher={"n": 2}, reask={"samples": 2, "keep": "all"})
         run_pipeline(cfg, run, quiet=True)
     manifest = json.loads((run / "manifest.json").read_text())
     assert sum(manifest["shards"]["rows"].values()) == 2 * ledger_counts(run)["accepted"]
@@ -249,7 +274,7 @@ def test_media_by_file_url_for_a_server_on_a_shared_filesystem(demo, tmp_path: P
 
 
 def test_plan_estimates_what_the_server_counts(demo, tmp_path: Path) -> None:
-    from cotforge.executors.local import run_plan
+    from cotforge.steps.plan import run_plan
 
     run = tmp_path / "run"
     with SimProcess(SimConfig(port=0, seed=11, noise=0.0, flip_rate=0.0, **FAST)) as sim:
@@ -259,7 +284,7 @@ def test_plan_estimates_what_the_server_counts(demo, tmp_path: Path) -> None:
         stats = run_synth(cfg, run, quiet=True)
     assert len(plan.clips) == 8 and plan.requests_low == 8
     assert all(c.video_tokens > 0 and c.audio_tokens > 0 and c.text_tokens > 100 for c in plan.clips)
-    assert plan.prompt_tokens == pytest.approx(stats.prompt_tokens, rel=0.15)
+    assert plan.prompt_tokens == pytest.approx(stats["prompt_tokens"], rel=0.15)
     assert not plan.completion_observed and plan.completion_per_request == cfg.teacher.max_tokens
     assert run_plan(cfg, run).completion_observed  # after synth, the cache's average is used
 
@@ -302,10 +327,12 @@ def test_an_interrupted_run_resumes_without_repeating_a_teacher_call(demo, tmp_p
 def test_a_clip_whose_media_cannot_be_encoded_fails_alone(demo, tmp_path: Path) -> None:
     import asyncio
 
-    from cotforge.executors.synth import MediaWorkers, Synthesizer
+    from cotforge.executors.pools import WorkerPool
+    from cotforge.steps.teacher import TeacherStep
     from cotforge.store.bundles import iter_bundles
     from cotforge.store.cache import ResponseCache
     from cotforge.teacher.client import TeacherClient
+    from cotforge.validate import ValidateConfig
 
     run = tmp_path / "run"
     with SimProcess(SimConfig(port=0, seed=13, **FAST)) as sim:
@@ -316,11 +343,12 @@ def test_a_clip_whose_media_cannot_be_encoded_fails_alone(demo, tmp_path: Path) 
         rows[0] = {**rows[0], "frames": [b"not a jpeg"]}
 
         async def go() -> list:
-            media = MediaWorkers(1)
+            media = WorkerPool(1)
             try:
                 async with TeacherClient(cfg.teacher) as client:
-                    synth = Synthesizer(cfg, ResponseCache(tmp_path / "cache.sqlite"), client, media)
-                    return [await synth.process(row) for row in rows]
+                    step = TeacherStep(cfg.teacher, cfg.reask, ValidateConfig.for_dataset("mosi"), client,
+                                       ResponseCache(tmp_path / "cache.sqlite"), media.run)
+                    return [await step.process(row) for row in rows]
             finally:
                 media.shutdown()
 
@@ -331,14 +359,13 @@ def test_a_clip_whose_media_cannot_be_encoded_fails_alone(demo, tmp_path: Path) 
 
 def test_media_workers_are_rebuilt_after_a_crash() -> None:
     import asyncio
-    from concurrent.futures.process import BrokenProcessPool
 
-    from cotforge.executors.synth import MediaWorkers
+    from cotforge.executors.pools import WorkerCrashed, WorkerPool
 
     async def go() -> int:
-        media = MediaWorkers(1)
+        media = WorkerPool(1)
         try:
-            with pytest.raises(BrokenProcessPool):
+            with pytest.raises(WorkerCrashed):
                 await media.run(os._exit, 3)  # a worker dying the way a crash inside FFmpeg would
             return await media.run(abs, -7)
         finally:
@@ -361,3 +388,25 @@ def test_cotforge_demo_command(tmp_path: Path) -> None:
     assert manifest["counts"]["total"] == 8 and manifest["teacher_models"] == ["sim/qwen3-omni"]
     assert sum(manifest["shards"]["rows"].values()) == manifest["counts"]["states"]["accepted"] > 0
     assert all((run / f["path"]).is_file() for f in manifest["shards"]["files"])
+
+
+def test_every_command_records_its_stats_and_status_reads_them(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=14, rate_500=0.2, **FAST)) as sim:
+        cfg = pipeline(demo.root, run, sim.url, teacher={"max_retries": 8})
+        run_bundle(cfg.bundle_config(), run, quiet=True)
+        synth = run_synth(cfg, run, quiet=True)
+        run_export(cfg, run)
+    attempts = json.loads((run / "stats.json").read_text())["attempts"]
+    assert [a["command"] for a in attempts] == ["bundle", "synth", "export"]
+    assert set(attempts[0]["stages"]) == {"read", "decode", "bookkeeping"}
+    assert attempts[0]["stages"]["decode"]["counters"]["bundled"] == 8
+    assert set(attempts[1]["stages"]) == {"bookkeeping", "teacher", "client"}
+    teacher, client = attempts[1]["stages"]["teacher"]["counters"], attempts[1]["stages"]["client"]["counters"]
+    assert teacher["requests"] == synth["requests"] > 0 and client["retries/500"] > 0
+    status = subprocess.run([sys.executable, "-m", "cotforge.cli", "status", "--run", str(run), "--json"],
+                            capture_output=True, text=True, check=True)
+    payload = json.loads(status.stdout)
+    assert payload["teacher"]["requests"] == teacher["requests"] and payload["teacher"]["retries"]["500"] == client["retries/500"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["teacher_stats"]["retries"]["500"] == client["retries/500"]

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cotforge.config import SourceConfig
-from cotforge.sources import SourceError, open_source
+from cotforge.sources import SourceError
+from cotforge.steps.read import ReadStep
 
 HEADER = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode\n"
 
@@ -22,9 +23,9 @@ def touch(root: Path, rel: str) -> None:
 
 
 def read(root: Path, dataset: str = "mosi", **kw) -> list:
-    source = open_source(SourceConfig(dataset=dataset, root=root, **kw))
-    source.check()
-    return list(source)
+    step = ReadStep(SourceConfig(dataset=dataset, root=root, **kw))
+    step.check()
+    return list(step.run())
 
 
 def test_mosi_quoting_newlines_bom_and_ids(tmp_path: Path) -> None:
@@ -92,7 +93,7 @@ def test_bad_rows_become_failed_records_not_drops(tmp_path: Path) -> None:
     assert errors[2] == "label out of range [-3, 3] for mosi: 3.5"
     assert errors[3].startswith("media file missing: ") and errors[3].endswith("Raw/v1/4.mp4")
     assert errors[4] == "duplicate key: mosi/v1/1 (first seen at line 2)"
-    assert refs[4].key == "mosi/v1/1#dup-line6"
+    assert refs[4].key == "mosi/v1/1#dup2"
     assert errors[5] == "split (mode) is not train/valid/test: 'validation'"
     assert errors[6] == "label is empty"
     assert len({r.key for r in refs}) == 7

@@ -42,8 +42,8 @@ def test_admit_is_idempotent_and_counts_add_up(tmp_path: Path) -> None:
     assert counts.reasons == [("decode", "no audio stream", 1)]
     with Ledger(tmp_path / "ledger.sqlite") as again:
         assert again.admit(ref(1)) is ClipState.BUNDLED
-        again.reset(ref(2, "test"))
-        assert again.admit(ref(2, "test")) is ClipState.PENDING
+        assert again.admit(ref(2, "test")) is ClipState.FAILED
+        assert again.admit(ref(2, "test"), retry_failed=True) is ClipState.PENDING
 
 
 def test_parts_appear_only_when_complete_and_resume_numbering(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@
 are added to the one app here.
 """
 
+from cotforge.cli import stages as _stages  # noqa: F401 - registers the pipeline commands
 from cotforge.cli.main import app
 
 __all__ = ["app"]

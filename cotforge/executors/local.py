@@ -1,340 +1,320 @@
-"""Local executor: the bundle stage as a stream source -> ledger -> decode pool -> bundle parts.
+"""Local executor: the steps on this machine, decoding in worker processes and the teacher on asyncio.
 
-The source is read lazily and decoding is bounded by the pool's in-flight limit, so memory stays
-flat however large the dataset is. Every row read ends in the ledger: failed with a reason (bad
-row, undecodable media), bundled, or skipped because an earlier run already finished it.
+One event loop on one thread drives everything: it reads the source (a thread hop per row), keeps
+at most `exec.queue_size` clips decoding in a process pool, hands bundles to at most
+`teacher.concurrency + 2 x teacher.media_workers` clips in the teacher step through a bounded
+queue, and records every result through the bookkeeping step. When the teacher is the
+bottleneck, decoding waits (backpressure), so memory is bounded by those limits and never grows
+with the dataset. Only scheduling lives here; what happens to a clip is the steps' business.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import math
-import queue
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cotforge.config import BundleConfig, PipelineConfig, TeacherConfig
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
+from cotforge.config import BundleConfig, PipelineConfig
+from cotforge.executors.pools import WorkerCrashed, WorkerPool
 from cotforge.executors.progress import make_progress
-from cotforge.executors.synth import ClipOutcome, MediaWorkers, SynthStats, Synthesizer, run_clips
-from cotforge.media.pool import DecodePool
-from cotforge.sources import Source, open_source
-from cotforge.executors.export import check_config, run_export
-from cotforge.store.bundles import BundleWriter, bundle_row, iter_bundles
-from cotforge.store.shards import ExportResult
-from cotforge.store.ledger import Ledger, reason_kind
-from cotforge.store.run import RunDir
-from cotforge.store.cache import ResponseCache
-from cotforge.teacher.client import TeacherClient
-from cotforge.teacher.offline import OfflineTeacher
-from cotforge.teacher.plan import ClipPlan, estimate_text_tokens, rules_for
-from cotforge.teacher.prompts import render_teacher
+from cotforge.stats import Stats
+from cotforge.steps.bookkeeping import Bookkeeping
+from cotforge.steps.decode import DecodeStep
+from cotforge.steps.export import ExportStep
+from cotforge.steps.read import ReadStep
+from cotforge.steps.teacher import ClipOutcome, TeacherStep
+from cotforge.store.run import RunDir, RunError
+from cotforge.teacher.backend import make_teacher
+from cotforge.teacher.request import ready as media_ready
 from cotforge.types import Bundle, ClipFailure, ClipRef, ClipState
+from cotforge.validate import ValidateConfig
 
-
-@dataclass
-class BundleStats:
-    read: int = 0
-    skipped: int = 0
-    bundled: int = 0
-    failed: int = 0
-    decode_cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    reasons: Counter = field(default_factory=Counter)
-
-
-def run_bundle(
-    cfg: BundleConfig,
-    run: Path,
-    retry_failed: bool = False,
-    quiet: bool = False,
-    progress: Progress | None = None,
-    on_bundle: Callable[[Bundle], None] | None = None,
-    source: Source | None = None,
-    total: int | None = None,
-) -> BundleStats:
-    """Decode every pending clip of the source into bundle parts.
-
-    `on_bundle` sees each bundle as soon as it is decoded (the streaming `run` feeds the teacher
-    with it); it may block, which is how the teacher stage slows decoding down (backpressure).
-    A caller that has already checked and counted the source passes it, so it is not read again.
-    """
-    if source is None:
-        source = open_source(cfg.source)
-        source.check()
-    run_dir = RunDir(run)
-    stats = BundleStats()
-    began = time.perf_counter()
-    with run_dir.open_ledger() as ledger:
-        run_dir.bind_bundle_config(ledger, cfg)
-        writer = BundleWriter(run_dir.bundles, cfg.media.fingerprint(), cfg.exec.bundle_part_rows)
-        if total is None:
-            total = sum(1 for _ in source)
-        own_progress = progress is None
-        if progress is None:
-            progress = make_progress(quiet)
-        with progress if own_progress else nullcontext(), DecodePool(cfg.media, cfg.exec.workers, cfg.exec.queue_size) as pool:
-            task = progress.add_task("decode", total=total, info="")
-
-            def advance() -> None:
-                progress.update(task, advance=1, info=f"ok {stats.bundled} failed {stats.failed} skipped {stats.skipped}")
-
-            def todo() -> Iterator[ClipRef]:
-                for ref in source:
-                    stats.read += 1
-                    admitted = _admit(ledger, ref, retry_failed, stats)
-                    # short write transactions: the teacher stage writes the same ledger from another thread
-                    ledger.commit()
-                    if admitted:
-                        yield ref
-                    else:
-                        advance()
-
-            try:
-                for result in pool.map(todo()):
-                    if isinstance(result, ClipFailure):
-                        ledger.fail(result.ref.key, result.stage, result.reason, result.seconds)
-                        ledger.commit()
-                        stats.failed += 1
-                        stats.reasons[reason_kind(result.reason)] += 1
-                        stats.decode_cpu_seconds += result.seconds
-                    else:
-                        stats.decode_cpu_seconds += result.decode_seconds
-                        stats.bundled += 1
-                        _record(ledger, writer.add(result))
-                        if on_bundle is not None:
-                            on_bundle(result)
-                    advance()
-            finally:
-                _record(ledger, writer.flush())
-                ledger.commit()
-    stats.wall_seconds = time.perf_counter() - began
-    return stats
-
-
-def _admit(ledger: Ledger, ref: ClipRef, retry_failed: bool, stats: BundleStats) -> bool:
-    """Record the row; True when it still has to be decoded."""
-    state = ledger.admit(ref)
-    if state is ClipState.FAILED and retry_failed:
-        ledger.reset(ref)
-        state = ClipState.PENDING
-    if state is not ClipState.PENDING:
-        stats.skipped += 1
-        return False
-    if ref.error:
-        ledger.fail(ref.key, "source", ref.error)
-        stats.failed += 1
-        stats.reasons[reason_kind(ref.error)] += 1
-        return False
-    return True
-
-
-def _record(ledger: Ledger, written: list[tuple[str, str, str, float]] | None) -> None:
-    if written:
-        ledger.mark_bundled(written)
-        ledger.commit()
-
-
-def run_synth(cfg: PipelineConfig, run: Path, quiet: bool = False) -> SynthStats:
-    """Ask the teacher for every bundled clip of a run (and clips whose teacher call failed before)."""
-    with make_progress(quiet) as progress:
-        return asyncio.run(_synth_async(cfg, RunDir(run), progress))
-
-
-def make_teacher(cfg: TeacherConfig) -> TeacherClient | OfflineTeacher:
-    """The backend the config names; both answer `ask(body, headers)` with a TeacherResponse."""
-    return OfflineTeacher(cfg) if cfg.backend == "vllm-offline" else TeacherClient(cfg)
-
-
-def _waiting_rows(ledger: Ledger, run_dir: RunDir) -> tuple[Iterator[dict], int]:
-    """Bundle rows of clips that still need the teacher: bundled, or failed at the teacher before."""
-    todo = set(ledger.keys_in_state(ClipState.BUNDLED)) | set(ledger.keys_failed_at("teacher"))
-    locations = {k: v for k, v in ledger.bundle_locations().items() if k in todo}
-    return iter_bundles(run_dir.bundles, locations), len(locations)
-
-
-async def _synth_async(
-    cfg: PipelineConfig,
-    run_dir: RunDir,
-    progress: Progress,
-    fresh: Iterable[dict] = (),
-    fresh_total: int = 0,
-    on_ready: Callable[[], None] | None = None,
-) -> SynthStats:
-    with run_dir.open_ledger() as ledger:
-        waiting, total = _waiting_rows(ledger, run_dir)
-        rows = itertools.chain(waiting, fresh)
-        total += fresh_total
-        cache = ResponseCache(run_dir.cache_path)
-        media = MediaWorkers(cfg.teacher.media_workers)
-        if total:
-            media.warm()
-        try:
-            async with make_teacher(cfg.teacher) as client:
-                await client.preflight()
-                if on_ready is not None:
-                    on_ready()
-                synth = Synthesizer(cfg, cache, client, media)
-                task = progress.add_task("teacher", total=total, info="")
-                began = time.perf_counter()
-
-                def on_outcome(outcome: ClipOutcome) -> None:
-                    ledger.record_answer(outcome.key, outcome.state, outcome.reason, outcome.answer)
-                    ledger.commit()
-                    s = synth.stats
-                    rate = (s.prompt_tokens + s.completion_tokens) / max(time.perf_counter() - began, 1e-6)
-                    retries = sum(client.stats.retries.values())
-                    progress.update(
-                        task, advance=1,
-                        info=f"asked {s.requests} accepted {s.accepted} rejected {s.rejected} failed {s.failed} "
-                        f"cache {s.cache_hits} retries {retries} {rate:,.0f} tok/s",
-                    )
-
-                limit = cfg.teacher.concurrency + 2 * cfg.teacher.media_workers
-                await run_clips(synth, rows, on_outcome, limit)
-                synth.stats.retries = dict(client.stats.retries)
-                synth.stats.max_in_flight = client.stats.max_in_flight
-                return synth.stats
-        finally:
-            media.shutdown()
-            cache.close()
-
-
-_DONE = object()
+_END = object()
 
 
 @dataclass
 class PipelineResult:
-    bundle: BundleStats
-    synth: SynthStats
-    export: ExportResult
-    wall_seconds: float
+    """Each stage's stats for one command: bundle (read + decode + bookkeeping), synth (teacher + client), export."""
+
+    bundle: Stats = field(default_factory=Stats)
+    synth: Stats = field(default_factory=Stats)
+    export: Stats = field(default_factory=Stats)
+    wall_seconds: float = 0.0
 
 
-def run_pipeline(cfg: PipelineConfig, run: Path, force: bool = False, quiet: bool = False) -> PipelineResult:
-    """All stages at once: decoding feeds the teacher through a bounded queue, then shards are exported.
+def check_teacher(books: Bookkeeping, cfg: PipelineConfig, force: bool) -> None:
+    """Refuse, before any request, to ask with settings that make every cached answer useless, unless forced.
 
-    The queue holds at most `teacher.concurrency` bundles: when the teacher is the bottleneck,
-    decoding waits, so memory does not grow with the dataset.
+    Changes of validation, re-asking, labels or scale are fine: clips are judged again from the cache.
     """
-    began = time.perf_counter()
-    run_dir = RunDir(run)
-    check_config(run_dir, cfg, force)
-    source = open_source(cfg.source)
-    source.check()
-    with run_dir.open_ledger() as ledger:
-        ledger.reset_unbundled()
-        done = set(ledger.keys_in_state(*(s for s in ClipState if s is not ClipState.PENDING)))
-    # one pass over the source: rows for the decode bar, rows the decoder will hand over for the teacher bar
-    total = expected = 0
-    for ref in source:
-        total += 1
-        expected += ref.error is None and ref.key not in done
-    handoff: queue.Queue = queue.Queue(maxsize=max(2, cfg.teacher.concurrency))
-    stop = threading.Event()
-    box: dict[str, Any] = {}
-    media_config = cfg.media.fingerprint()
+    known = books.get_meta("teacher")
+    current = cfg.teacher_identity()
+    if known is not None and known != current and not force:
+        changed = ", ".join(f"{k} {known.get(k)!r} -> {current[k]!r}" for k in current if known.get(k) != current[k])
+        raise RunError(
+            f"{books.run_dir.path} was asked with other teacher settings ({changed}); every clip would be asked "
+            "again and paid for. Use another --run folder, or --force to re-ask in this one"
+        )
 
-    def on_bundle(bundle: Bundle) -> None:
-        row = bundle_row(bundle, media_config)
-        while not stop.is_set():
+
+class LocalExecutor:
+    """Runs a command's steps over one run directory; `result` holds their stats afterwards."""
+
+    def __init__(self, cfg: PipelineConfig, command: str, quiet: bool = False) -> None:
+        assert cfg.run is not None, "the config names its run directory"
+        self.cfg = cfg
+        self.command = command
+        self.quiet = quiet
+        self.run_dir = RunDir(cfg.run)
+        self.result = PipelineResult()
+        self.steps: dict[str, Any] = {}
+
+    # --- the commands ----------------------------------------------------------------------------
+
+    def bundle(self, retry_failed: bool = False) -> PipelineResult:
+        """Decode every pending clip into bundle parts; no teacher."""
+        return self._run(decode=True, teach=False, export=False, retry_failed=retry_failed)
+
+    def synth(self, force: bool = False) -> PipelineResult:
+        """Ask the teacher for every bundled clip (and clips to judge again); no decoding."""
+        return self._run(decode=False, teach=True, export=False, force=force)
+
+    def pipeline(self, force: bool = False) -> PipelineResult:
+        """All stages at once, then shards, eval sets and manifest."""
+        return self._run(decode=True, teach=True, export=True, force=force)
+
+    def export(self) -> PipelineResult:
+        began = time.time()
+        step = ExportStep(self.cfg, self.run_dir)
+        try:
+            step.run()
+        finally:
+            self.result.export = step.stats
+            self.run_dir.append_stats(self.command, {"export": step.stats}, began)
+        return self.result
+
+    # --- scheduling ------------------------------------------------------------------------------
+
+    def _run(self, decode: bool, teach: bool, export: bool, force: bool = False, retry_failed: bool = False) -> PipelineResult:
+        began = time.time()
+        cfg = self.cfg
+        reader = ReadStep(cfg.source) if decode else None
+        if reader is not None:
+            reader.check()
+        elif not self.run_dir.exists():
+            raise RunError(f"{self.run_dir.path} is not a run directory (no ledger.sqlite); run `cotforge bundle` first")
+        books = Bookkeeping(self.run_dir, cfg.source, cfg.media, cfg.exec.bundle_part_rows)
+        self.steps = {"read": reader, "decode": DecodeStep(cfg.media) if decode else None, "bookkeeping": books}
+        interrupted: str | None = None
+        try:
+            if teach:
+                check_teacher(books, cfg, force)
+            books.ledger.reset_unbundled()
+            with make_progress(self.quiet) as progress:
+                asyncio.run(self._main(books, reader, teach, retry_failed, progress))
+        except BaseException as err:
+            interrupted = type(err).__name__
+            raise
+        finally:
+            books.close()
+            self._collect()
+            stages = {name: step.stats for name, step in self.steps.items() if step is not None}
+            self.run_dir.append_stats(self.command, stages, began, interrupted)
+        if export:
+            export_began = time.time()
+            step = ExportStep(cfg, self.run_dir)
             try:
-                handoff.put(row, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-        raise PipelineStopped
+                step.run()
+            finally:
+                self.result.export = step.stats
+                self.run_dir.append_stats(f"{self.command}/export", {"export": step.stats}, export_began)
+        self.result.wall_seconds = time.time() - began
+        return self.result
 
-    def decode() -> None:
-        try:
-            box["bundle"] = run_bundle(
-                cfg.bundle_config(), run, quiet=quiet, progress=progress, on_bundle=on_bundle, source=source, total=total
+    def _collect(self) -> None:
+        bundle = Stats()
+        for name in ("read", "decode", "bookkeeping"):
+            if self.steps.get(name) is not None:
+                bundle = bundle.merge(self.steps[name].stats)
+        self.result.bundle = bundle
+        synth = Stats()
+        if self.steps.get("teacher") is not None:
+            synth = self.steps["teacher"].stats
+        if self.steps.get("client") is not None:
+            synth = synth.merge(http_faults(self.steps["client"].stats))
+        self.result.synth = synth
+
+    async def _main(self, books: Bookkeeping, reader: ReadStep | None, teach: bool, retry_failed: bool, progress: Progress) -> None:
+        cfg = self.cfg
+        async with AsyncExitStack() as stack:
+            decode_pool = media_pool = None
+            if reader is not None:
+                decode_pool = WorkerPool(cfg.exec.workers)
+                stack.callback(decode_pool.shutdown)
+                decode_pool.warm(media_ready)
+            queue: asyncio.Queue | None = None
+            consumers: list[asyncio.Task] = []
+            teacher_task: TaskID | None = None
+            if teach:
+                media_pool = WorkerPool(cfg.teacher.media_workers)
+                stack.callback(media_pool.shutdown)
+                media_pool.warm(media_ready)
+                client = make_teacher(cfg.teacher)
+                await stack.enter_async_context(client)
+                # a wrong URL or model costs seconds, not a decode pass: the server answers before any work
+                await client.preflight()
+                books.set_meta("teacher", cfg.teacher_identity())
+                validator = ValidateConfig.for_scale(cfg.source.scale(), **cfg.validate_.overrides())
+                step = TeacherStep(cfg.teacher, cfg.reask, validator, client, books, media_pool.run)
+                self.steps["teacher"], self.steps["client"] = step, client
+                books.retarget(cfg.teacher.splits, cfg.judge_fingerprint())
+                waiting, total = books.waiting()
+                teacher_task = progress.add_task("teacher", total=total, info="")
+                limit = cfg.teacher.concurrency + 2 * cfg.teacher.media_workers
+                queue = asyncio.Queue(maxsize=max(2, cfg.teacher.concurrency))
+                consumers = [asyncio.create_task(self._teach(step, client, books, queue, progress, teacher_task)) for _ in range(limit)]
+            producers = []
+            if teach:
+                producers.append(asyncio.create_task(self._feed(_iterate(waiting), queue)))
+            if reader is not None:
+                producers.append(asyncio.create_task(self._decode(books, reader, decode_pool, queue, progress, teacher_task, retry_failed)))
+            try:
+                await _first_error([*producers, *consumers], until=producers)
+                for _ in consumers:
+                    await queue.put(_END)
+                await _first_error(consumers, until=consumers)
+            finally:
+                for task in [*producers, *consumers]:
+                    task.cancel()
+                await asyncio.gather(*producers, *consumers, return_exceptions=True)
+
+    async def _feed(self, rows: AsyncIterator[dict[str, Any]], queue: asyncio.Queue) -> None:
+        async for row in rows:
+            await queue.put(row)
+
+    async def _decode(
+        self, books: Bookkeeping, reader: ReadStep, pool: WorkerPool, queue: asyncio.Queue | None,
+        progress: Progress, teacher_task: TaskID | None, retry_failed: bool,
+    ) -> None:
+        cfg = self.cfg
+        decoder: DecodeStep = self.steps["decode"]
+        # a first pass for the progress bar's total, off the loop (a label file of 20k rows takes a moment)
+        total = await asyncio.to_thread(lambda: sum(1 for _ in ReadStep(cfg.source).run()))
+        task = progress.add_task("decode", total=total, info="")
+        slots = asyncio.Semaphore(cfg.exec.queue_size or 2 * cfg.exec.workers)
+        running: set[asyncio.Task] = set()
+        errors: list[BaseException] = []
+
+        def finished(job: asyncio.Task) -> None:
+            running.discard(job)
+            if not job.cancelled() and job.exception() is not None:
+                errors.append(job.exception())
+
+        def advance() -> None:
+            d, b = decoder.stats, books.stats
+            progress.update(task, advance=1, info=f"ok {d['bundled']} failed {d['failed'] + b['failed']} skipped {b['skipped']}")
+
+        async def one(ref: ClipRef) -> None:
+            try:
+                try:
+                    result: Bundle | ClipFailure = await pool.run(decoder.process, ref)
+                except WorkerCrashed:
+                    result = ClipFailure(ref, "decoder process crashed on this clip", "decode")
+                decoder.count(result)
+                row = books.decoded(result)
+                advance()
+                if row is None:
+                    return
+                if queue is not None and row["split"] in cfg.teacher.splits:
+                    if teacher_task is not None:
+                        progress.update(teacher_task, total=(progress.tasks[teacher_task].total or 0) + 1)
+                    await queue.put(row)
+                elif row["split"] not in cfg.teacher.splits:
+                    books.hold_out(row)
+            finally:
+                slots.release()
+
+        async for ref in _iterate(reader.run()):
+            if errors:
+                raise errors[0]
+            if not books.admit(ref, retry_failed):
+                advance()
+                continue
+            await slots.acquire()
+            job = asyncio.create_task(one(ref))
+            running.add(job)
+            job.add_done_callback(finished)
+        if running:
+            await asyncio.wait(set(running))
+        if errors:
+            raise errors[0]
+        if reader.complete:
+            books.removed(reader.seen)
+
+    async def _teach(
+        self, step: TeacherStep, client: Any, books: Bookkeeping, queue: asyncio.Queue, progress: Progress, task: TaskID
+    ) -> None:
+        judged_with = self.cfg.judge_fingerprint()
+        began = time.perf_counter()
+        while (row := await queue.get()) is not _END:
+            outcome: ClipOutcome = await step.process(row)
+            step.count(outcome)
+            books.judged(outcome.key, outcome.state, outcome.reason, outcome.answer, judged_with)
+            s = step.stats
+            rate = (s["prompt_tokens"] + s["completion_tokens"]) / max(time.perf_counter() - began, 1e-6)
+            retries = sum(client.stats.group("retries").values())
+            progress.update(
+                task, advance=1,
+                info=f"asked {s['requests']} accepted {s['accepted']} rejected {s['rejected']} failed {s['failed']} "
+                f"cache {s['cache_hits']} retries {retries} {rate:,.0f} tok/s",
             )
-        except PipelineStopped:
-            pass
-        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
-            box["error"] = err
-        finally:
-            handoff.put(_DONE)
-
-    def fresh() -> Iterator[dict]:
-        while (row := handoff.get()) is not _DONE:
-            yield row
-
-    with make_progress(quiet) as progress:
-        # decoding starts once the teacher has answered the preflight: a wrong URL costs seconds, not a decode pass
-        worker = threading.Thread(target=decode, name="cotforge-decode", daemon=True)
-        try:
-            synth_stats = asyncio.run(_synth_async(cfg, run_dir, progress, fresh(), expected, on_ready=worker.start))
-        finally:
-            stop.set()
-            while worker.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    handoff.get(timeout=0.1)
-            if worker.ident is not None:
-                worker.join()
-    if "error" in box:
-        raise box["error"]
-    export = run_export(cfg, run, force=force)
-    return PipelineResult(box.get("bundle", BundleStats()), synth_stats, export, time.perf_counter() - began)
 
 
-class PipelineStopped(Exception):
-    """Raised inside the decode thread when the teacher stage stopped the run."""
+def http_faults(client: Stats) -> Stats:
+    """The client's retries and failures by kind and its in-flight peak (its request counts are the teacher step's)."""
+    counters = {k: v for k, v in client.counters.items() if k.startswith(("retries/", "failures/"))}
+    return Stats(Counter(counters), peaks=dict(client.peaks))
 
 
-@dataclass
-class PlanResult:
-    clips: list[ClipPlan]
-    completion_per_request: float
-    completion_observed: bool
-    requests_low: int
-    requests_high: int
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(c.prompt_tokens for c in self.clips)
+async def _iterate(items: Iterator[Any]) -> AsyncIterator[Any]:
+    """An iterator that reads files (a label file, bundle parts), walked without blocking the loop."""
+    while (item := await asyncio.to_thread(next, items, _END)) is not _END:
+        yield item
 
 
-def run_plan(cfg: PipelineConfig, run: Path, tokenizer: Callable[[str], int] | None = None) -> PlanResult:
-    """Estimate the tokens `synth` would spend on the run's bundles (no network, no GPU)."""
-    import pyarrow.parquet as pq
+async def _first_error(tasks: list[asyncio.Task], until: list[asyncio.Task]) -> None:
+    """Wait until every task in `until` is done; the first exception of any task stops the wait and is raised."""
+    pending = set(tasks)
+    while any(not t.done() for t in until):
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()
 
-    run_dir = RunDir(run)
-    rules = rules_for(cfg.teacher.model)
-    scale = cfg.source.scale()
-    count = tokenizer or estimate_text_tokens
-    with run_dir.open_ledger() as ledger:
-        locations = ledger.bundle_locations()
-    columns = ["key", "split", "dataset", "language", "text", "frame_timestamps", "frame_width", "frame_height",
-               "audio_num_samples", "audio_sample_rate"]
-    clips: list[ClipPlan] = []
-    for part in sorted(run_dir.bundles.glob("part-*.parquet")):
-        for row in pq.read_table(part, columns=columns).to_pylist():
-            if locations.get(row["key"]) != part.name:
-                continue
-            system, instruction = render_teacher(row["text"], row["language"], scale)
-            seconds = row["audio_num_samples"] / row["audio_sample_rate"] if row["audio_sample_rate"] else 0.0
-            clips.append(ClipPlan(
-                row["key"], row["split"], count(system) + count(instruction), rules.audio_tokens(seconds),
-                rules.video_tokens(len(row["frame_timestamps"]), row["frame_width"], row["frame_height"]),
-            ))
-    observed = None
-    if run_dir.cache_path.is_file():
-        cache = ResponseCache(run_dir.cache_path)
-        usage = cache.usage()
-        cache.close()
-        if usage["responses"]:
-            observed = usage["completion_tokens"] / usage["responses"]
-    per_request = observed if observed is not None else float(cfg.teacher.max_tokens * cfg.teacher.samples)
-    attempts = math.ceil(cfg.reask.samples / cfg.teacher.samples) + int(cfg.reask.hint)
-    return PlanResult(clips, per_request, observed is not None, len(clips), len(clips) * attempts)
+
+def run_bundle(cfg: BundleConfig | PipelineConfig, run, retry_failed: bool = False, quiet: bool = False) -> Stats:
+    """`cotforge bundle`: decode every pending clip of the source into bundle parts."""
+    pipeline = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig(source=cfg.source, media=cfg.media, exec=cfg.exec)
+    pipeline = pipeline.model_copy(update={"run": run})
+    return LocalExecutor(pipeline, "bundle", quiet).bundle(retry_failed).bundle
+
+
+def run_synth(cfg: PipelineConfig, run, quiet: bool = False) -> Stats:
+    """`cotforge synth`: the teacher over every bundled clip of a run (and clips to judge again)."""
+    return LocalExecutor(cfg.model_copy(update={"run": run}), "synth", quiet).synth().synth
+
+
+def run_pipeline(cfg: PipelineConfig, run, force: bool = False, quiet: bool = False) -> PipelineResult:
+    """`cotforge run`: decode -> teacher -> validate -> shards, all stages at once."""
+    return LocalExecutor(cfg.model_copy(update={"run": run}), "run", quiet).pipeline(force)
+
+
+def run_export(cfg: PipelineConfig, run, force: bool = False) -> Stats:
+    """`cotforge export`: shards, eval sets and manifest from the ledger and cache (no teacher call)."""
+    return LocalExecutor(cfg.model_copy(update={"run": run}), "export", quiet=True).export().export

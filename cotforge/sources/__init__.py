@@ -17,7 +17,8 @@ class Source(Protocol):
     def check(self) -> None:
         """Read the label file's header and encoding; raise SourceError naming file, line and fix."""
 
-    def __iter__(self) -> Iterator[ClipRef]: ...
+    def __iter__(self) -> Iterator[ClipRef]:
+        """Every row of the dataset, in file order, whatever its split (the read step filters)."""
 
 
 def open_source(cfg: SourceConfig) -> Source:

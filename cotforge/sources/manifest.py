@@ -23,6 +23,7 @@ from cotforge.sources.rows import (
     normalise_split,
     parse_float,
     parse_id,
+    row_digest,
 )
 from cotforge.types import ClipRef
 
@@ -95,16 +96,10 @@ class ManifestSource:
 
     def __iter__(self) -> Iterator[ClipRef]:
         keys = KeyRegistry()
-        emitted = 0
         try:
             for line, row in self._rows():
                 ref = self._parse(row, line)
-                if ref.error is None and ref.split not in self.cfg.splits:
-                    continue
                 yield keys.claim(ref)
-                emitted += 1
-                if self.cfg.limit and emitted >= self.cfg.limit:
-                    return
         except UnicodeDecodeError as err:
             raise SourceError(f"{self.path}: not valid {self.cfg.encoding} text ({err.reason}); re-save as UTF-8") from None
 
@@ -118,7 +113,7 @@ class ManifestSource:
             end = parse_float(row.get("end"), "end", required=False)
         except RowError as err:
             error = str(err)
-        video_id = parse_id(row.get("video_id")) or Path(raw_path).stem or f"line{line}"
+        video_id = parse_id(row.get("video_id")) or Path(raw_path).stem or f"row-{row_digest(sorted(row.items(), key=str))}"
         clip_id = parse_id(row.get("clip_id")) or (f"{start:g}-{end:g}" if start is not None and end is not None else "0")
         ref = ClipRef(
             key=f"{self.name}/{video_id}/{clip_id}",

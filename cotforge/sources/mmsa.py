@@ -28,6 +28,7 @@ from cotforge.sources.rows import (
     parse_float,
     parse_id,
     resolve_clip_file,
+    row_digest,
 )
 from cotforge.types import DATASETS, ClipRef
 
@@ -102,7 +103,6 @@ class MMSASource:
         if not self._columns:
             self.check()
         keys = KeyRegistry()
-        emitted = 0
         with self._open() as handle:
             reader = csv.DictReader(handle, strict=True)
             _ = reader.fieldnames  # reads the header, so line_num counts from it
@@ -110,12 +110,7 @@ class MMSASource:
             for row in reader:
                 ref = self._parse(row, line)
                 line = reader.line_num + 1
-                if ref.error is None and ref.split not in self.cfg.splits:
-                    continue
                 yield keys.claim(ref)
-                emitted += 1
-                if self.cfg.limit and emitted >= self.cfg.limit:
-                    return
 
     def _parse(self, row: dict[str, str], line: int) -> ClipRef:
         dataset = self.cfg.dataset
@@ -123,7 +118,7 @@ class MMSASource:
         clip_id = parse_id(self._col(row, "clip_id"))
         text = self._col(row, "text") or ""
         ref = ClipRef(
-            key=f"{dataset}/{video_id or '?'}/{clip_id or f'line{line}'}",
+            key=f"{dataset}/{video_id or '?'}/{clip_id or 'row-' + row_digest(sorted(row.items(), key=str))}",
             dataset=dataset,
             video_id=video_id,
             clip_id=clip_id,

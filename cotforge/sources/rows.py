@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -72,15 +73,23 @@ def resolve_clip_file(folder: Path, clip_id: str, listing: dict[Path, list[Path]
     return None
 
 
+def row_digest(values: object) -> str:
+    """A short content hash of a raw row: the stable stand-in for an id the row lacks, so that an edit
+    elsewhere in the file (which shifts line numbers) does not change this row's key."""
+    return hashlib.sha256(repr(values).encode()).hexdigest()[:10]
+
+
 class KeyRegistry:
-    """Makes keys unique: a repeated key is kept as a failed row under a suffixed key, never dropped."""
+    """Makes keys unique: the n-th repeat of a key is kept as a failed row under `key#dupN`, never
+    dropped. The suffix counts occurrences, not lines, so keys stay put when rows above are edited."""
 
     def __init__(self) -> None:
-        self._first_line: dict[str, int] = {}
+        self._seen: dict[str, tuple[int, int]] = {}
 
     def claim(self, ref: ClipRef) -> ClipRef:
-        first = self._first_line.setdefault(ref.key, ref.line)
-        if first != ref.line:
+        first, count = self._seen.get(ref.key, (ref.line, 0))
+        self._seen[ref.key] = (first, count + 1)
+        if count:
             ref.error = ref.error or f"duplicate key: {ref.key} (first seen at line {first})"
-            ref.key = f"{ref.key}#dup-line{ref.line}"
+            ref.key = f"{ref.key}#dup{count + 1}"
         return ref

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cotforge.types import TeacherResponse
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -32,19 +33,13 @@ CREATE INDEX IF NOT EXISTS responses_clip ON responses(clip_key);
 """
 
 
-@dataclass(slots=True)
-class TeacherResponse:
-    contents: list[str]
-    finish_reasons: list[str]
-    model: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    latency_s: float = 0.0
-    cached: bool = False
-
-
 class ResponseCache:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        self.read_only = read_only
+        if read_only:
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            self.hits = self.misses = 0
+            return
         self.db = sqlite3.connect(path, timeout=30.0)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -53,7 +48,8 @@ class ResponseCache:
         self.misses = 0
 
     def close(self) -> None:
-        self.db.commit()
+        if not self.read_only:
+            self.db.commit()
         self.db.close()
 
     def get(self, cache_key: str) -> TeacherResponse | None:

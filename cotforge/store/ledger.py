@@ -3,14 +3,19 @@
 The ledger is the truth of a run: resume reads it to skip finished clips, `status` and the
 manifest count from it, and it says which bundle part holds a clip's bundle (a part written by an
 interrupted run may repeat clips; the ledger's pointer decides which copy counts).
+
+It also holds the source's current view of every row (`ref`): labels on disk win. A row whose
+label, text or split changed keeps its bundle and is judged again from the teacher cache; a row
+whose media changed is decoded again; a row deleted from the label file is marked `removed`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS clips (
     teacher_score REAL,
     teacher_polarity TEXT,
     answer TEXT,
+    judged_with TEXT,
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     teacher_seconds REAL,
@@ -49,14 +55,22 @@ CREATE TABLE IF NOT EXISTS clips (
 CREATE INDEX IF NOT EXISTS clips_state ON clips(state);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Columns added after the first release, for run folders made by it.
+ADDED_COLUMNS = {"judged_with": "TEXT"}
+
+MEDIA_FIELDS = ("media_path", "start", "end")
+"""Fields of a ref that decide its bundle: a change means decoding again."""
+LABEL_FIELDS = ("text", "label", "split", "label_T", "label_A", "label_V", "annotation", "language")
+"""Fields that decide a judgement but not the bundle: a change means judging again, from the cache."""
+JUDGED = (ClipState.ACCEPTED, ClipState.REJECTED)
 
 
-def reason_kind(reason: str | None) -> str:
-    """Group reasons by their fixed head ("media file missing: /a/b.mp4" -> "media file missing").
+def _ref_json(ref: ClipRef) -> str:
+    return json.dumps(ref.as_dict(), ensure_ascii=False, sort_keys=True)
 
-    Every reason cotforge records is written as "<kind>: <details>" for this.
-    """
-    return (reason or "").split(":", 1)[0]
+
+def fields_digest(ref: dict, fields: tuple[str, ...]) -> str:
+    return hashlib.sha256(json.dumps([ref.get(f) for f in fields], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +81,24 @@ class StateCounts:
 
     @property
     def total(self) -> int:
-        return sum(self.by_state.values())
+        """Clips of the dataset as it is on disk now (removed rows are not counted)."""
+        return sum(n for state, n in self.by_state.items() if state != ClipState.REMOVED)
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
+        if read_only:
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            return
         self.db = sqlite3.connect(path, timeout=30.0)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(clips)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE clips ADD COLUMN {column} {kind}")
         self.db.commit()
 
     def close(self) -> None:
@@ -99,24 +121,53 @@ class Ledger:
     def set_meta(self, name: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
 
-    def admit(self, ref: ClipRef) -> ClipState:
-        """Record a clip read from the source (if new) and return its current state."""
-        now = time.time()
-        self.db.execute(
-            "INSERT OR IGNORE INTO clips(key, dataset, split, video_id, clip_id, line, state, ref, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ref.key, ref.dataset, ref.split, ref.video_id, ref.clip_id, ref.line, ClipState.PENDING,
-             json.dumps(ref.as_dict(), ensure_ascii=False), now, now),
-        )
-        row = self.db.execute("SELECT state FROM clips WHERE key = ?", (ref.key,)).fetchone()
-        return ClipState(row[0])
+    def admit(self, ref: ClipRef, retry_failed: bool = False) -> ClipState:
+        """Record a row read from the source and return the state it is in now.
 
-    def reset(self, ref: ClipRef) -> None:
-        """Take a clip back to pending with the source's current view of it (used to retry failures)."""
-        self.db.execute(
-            "UPDATE clips SET state = ?, stage = NULL, reason = NULL, ref = ?, split = ?, updated_at = ? WHERE key = ?",
-            (ClipState.PENDING, json.dumps(ref.as_dict(), ensure_ascii=False), ref.split, time.time(), ref.key),
+        A new row is pending. A known row takes the source's current view: changed media send it
+        back to pending (decode again); changed labels, text or split send a judged clip back to
+        bundled (judge again, from the cache); a row whose error changed (a missing file now there) is read again.
+        """
+        now = time.time()
+        new = _ref_json(ref)
+        row = self.db.execute("SELECT state, ref FROM clips WHERE key = ?", (ref.key,)).fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO clips(key, dataset, split, video_id, clip_id, line, state, ref, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ref.key, ref.dataset, ref.split, ref.video_id, ref.clip_id, ref.line, ClipState.PENDING, new, now, now),
+            )
+            return ClipState.PENDING
+        state, old_json = ClipState(row[0]), row[1]
+        old = json.loads(old_json)
+        current = ref.as_dict()
+        if state is ClipState.REMOVED or (state is ClipState.FAILED and retry_failed):
+            state = ClipState.PENDING
+        elif fields_digest(old, MEDIA_FIELDS) != fields_digest(current, MEDIA_FIELDS) or old.get("error") != ref.error:
+            state = ClipState.PENDING
+        elif fields_digest(old, LABEL_FIELDS) != fields_digest(current, LABEL_FIELDS) and state in (*JUDGED, ClipState.HELD_OUT):
+            state = ClipState.BUNDLED
+        if state is ClipState.PENDING and ClipState(row[0]) is not ClipState.PENDING:
+            self.db.execute(
+                "UPDATE clips SET state = ?, stage = NULL, reason = NULL, bundle_part = NULL, answer = NULL,"
+                " judged_with = NULL, ref = ?, split = ?, line = ?, updated_at = ? WHERE key = ?",
+                (ClipState.PENDING, new, ref.split, ref.line, now, ref.key),
+            )
+        elif old_json != new or state.value != row[0]:
+            self.db.execute(
+                "UPDATE clips SET state = ?, ref = ?, split = ?, line = ?, updated_at = ? WHERE key = ?",
+                (state, new, ref.split, ref.line, now, ref.key),
+            )
+        return state
+
+    def mark_removed(self, seen: set[str]) -> int:
+        """Clips no longer in the label file are `removed`: out of the counts, the shards and the eval sets."""
+        known = [k for (k,) in self.db.execute("SELECT key FROM clips")]
+        gone = [(ClipState.REMOVED, "source", "removed: no longer in the label file", time.time(), k) for k in known if k not in seen]
+        cur = self.db.executemany(
+            "UPDATE clips SET state = ?, stage = ?, reason = ?, updated_at = ? WHERE key = ? AND state != 'removed'", gone
         )
+        return cur.rowcount
 
     def fail(self, key: str, stage: str, reason: str, seconds: float | None = None) -> None:
         self.db.execute(
@@ -136,16 +187,24 @@ class Ledger:
             [(ClipState.BUNDLED, part, media_hash, secs, now, key) for key, part, media_hash, secs in rows],
         )
 
-    def record_answer(self, key: str, state: ClipState, reason: str | None, answer: dict, stage: str = "teacher") -> None:
+    def set_state(self, keys: Iterable[str], state: ClipState, stage: str | None = None) -> None:
+        self.db.executemany(
+            "UPDATE clips SET state = ?, stage = COALESCE(?, stage), updated_at = ? WHERE key = ?",
+            [(state, stage, time.time(), key) for key in keys],
+        )
+
+    def record_answer(
+        self, key: str, state: ClipState, reason: str | None, answer: dict, judged_with: str | None = None, stage: str = "teacher"
+    ) -> None:
         """Store the teacher/validator outcome of a clip: accepted, rejected (with reason) or failed."""
         now = time.time()
         self.db.execute(
             "UPDATE clips SET state = ?, stage = ?, reason = ?, teacher_model = ?, prompt_version = ?, hinted = ?,"
-            " requests = requests + ?, teacher_score = ?, teacher_polarity = ?, answer = ?, prompt_tokens = ?,"
-            " completion_tokens = ?, teacher_seconds = ?, judged_at = ?, updated_at = ? WHERE key = ?",
+            " requests = requests + ?, teacher_score = ?, teacher_polarity = ?, answer = ?, judged_with = ?,"
+            " prompt_tokens = ?, completion_tokens = ?, teacher_seconds = ?, judged_at = ?, updated_at = ? WHERE key = ?",
             (state, stage, reason, answer.get("teacher_model"), answer.get("prompt_version"), int(bool(answer.get("hinted"))),
              answer.get("requests", 0), answer.get("score"), answer.get("polarity"), json.dumps(answer, ensure_ascii=False),
-             answer.get("prompt_tokens"), answer.get("completion_tokens"), answer.get("seconds"), now, now, key),
+             judged_with, answer.get("prompt_tokens"), answer.get("completion_tokens"), answer.get("seconds"), now, now, key),
         )
 
     def keys_in_state(self, *states: ClipState) -> list[str]:
@@ -158,22 +217,51 @@ class Ledger:
         They are decoded again; their teacher answers come from the cache, so nothing is paid twice.
         """
         cur = self.db.execute(
-            "UPDATE clips SET state = ?, stage = NULL, reason = NULL WHERE bundle_part IS NULL AND state IN (?, ?, ?)"
+            "UPDATE clips SET state = ?, stage = NULL, reason = NULL WHERE bundle_part IS NULL AND state IN (?, ?, ?, ?)"
             " OR (bundle_part IS NULL AND state = ? AND stage = 'teacher')",
-            (ClipState.PENDING, ClipState.ASKED, ClipState.ACCEPTED, ClipState.REJECTED, ClipState.FAILED),
+            (ClipState.PENDING, ClipState.ASKED, ClipState.ACCEPTED, ClipState.REJECTED, ClipState.HELD_OUT, ClipState.FAILED),
         )
         self.commit()
+        return cur.rowcount
+
+    def retarget(self, teacher_splits: Iterable[str], judged_with: str) -> int:
+        """Put each bundled clip where the current settings want it, from the ledger alone.
+
+        Clips of a split the teacher does not get are held out (kept for the eval sets); clips of a
+        split it gets, held out before or judged under other settings, wait for the teacher again
+        (their cached answers make that free). Returns how many clips will be judged again.
+        """
+        splits = list(teacher_splits)
+        marks = ",".join("?" * len(splits)) or "''"
+        now = time.time()
+        self.db.execute(
+            f"UPDATE clips SET state = ?, updated_at = ? WHERE bundle_part IS NOT NULL AND split NOT IN ({marks})"
+            " AND (state IN (?, ?, ?) OR (state = ? AND stage = 'teacher'))",
+            (ClipState.HELD_OUT, now, *splits, ClipState.BUNDLED, *JUDGED, ClipState.FAILED),
+        )
+        cur = self.db.execute(
+            f"UPDATE clips SET state = ?, updated_at = ? WHERE bundle_part IS NOT NULL AND split IN ({marks})"
+            " AND (state = ? OR (state IN (?, ?) AND (judged_with IS NULL OR judged_with != ?)))",
+            (ClipState.BUNDLED, now, *splits, ClipState.HELD_OUT, *JUDGED, judged_with),
+        )
         return cur.rowcount
 
     def keys_failed_at(self, stage: str) -> list[str]:
         return [k for (k,) in self.db.execute("SELECT key FROM clips WHERE state = ? AND stage = ?", (ClipState.FAILED, stage))]
 
+    def refs(self, keys: Iterable[str] | None = None) -> dict[str, dict]:
+        """key -> the source's current view of the row (labels on disk win over a bundle's copy)."""
+        if keys is None:
+            return {key: json.loads(ref) for key, ref in self.db.execute("SELECT key, ref FROM clips")}
+        wanted = set(keys)
+        return {key: json.loads(ref) for key, ref in self.db.execute("SELECT key, ref FROM clips") if key in wanted}
+
     def answers(self) -> dict[str, dict]:
         """key -> (state, split, answer JSON) of every clip the teacher stage has decided."""
         return {
-            key: {"state": state, "split": split, "reason": reason, "answer": json.loads(answer)}
-            for key, state, split, reason, answer in self.db.execute(
-                "SELECT key, state, split, reason, answer FROM clips WHERE answer IS NOT NULL"
+            key: {"state": state, "split": split, "reason": reason, "answer": json.loads(answer), "judged_with": judged_with}
+            for key, state, split, reason, answer, judged_with in self.db.execute(
+                "SELECT key, state, split, reason, answer, judged_with FROM clips WHERE answer IS NOT NULL AND state != 'removed'"
             )
         }
 
@@ -182,9 +270,21 @@ class Ledger:
             return self.db.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
         return self.db.execute("SELECT COUNT(*) FROM clips WHERE state = ?", (state,)).fetchone()[0]
 
-    def bundle_locations(self) -> dict[str, str]:
-        """key -> bundle part file name, for every clip whose bundle counts."""
-        return dict(self.db.execute("SELECT key, bundle_part FROM clips WHERE bundle_part IS NOT NULL"))
+    def bundle_locations(self, states: Iterable[ClipState] | None = None) -> dict[str, str]:
+        """key -> bundle part file name, for every clip whose bundle counts (optionally in given states)."""
+        if states is None:
+            return dict(self.db.execute("SELECT key, bundle_part FROM clips WHERE bundle_part IS NOT NULL AND state != 'removed'"))
+        wanted = list(states)
+        marks = ",".join("?" * len(wanted))
+        return dict(self.db.execute(
+            f"SELECT key, bundle_part FROM clips WHERE bundle_part IS NOT NULL AND state IN ({marks})", wanted
+        ))
+
+    def rows(self) -> Iterator[tuple]:
+        """(key, dataset, split, state, stage, reason, ref, answer, judged_at) of every clip, in judging order."""
+        yield from self.db.execute(
+            "SELECT key, dataset, split, state, stage, reason, ref, answer, judged_at FROM clips ORDER BY judged_at, key"
+        )
 
     def counts(self) -> StateCounts:
         by_state = {state.value: 0 for state in ClipState}

@@ -13,7 +13,6 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,27 +64,22 @@ _OWN = {
 CORPUS_SCHEMA = pa.schema(
     [(name, _OWN[name]) if name in _OWN else BUNDLE_SCHEMA.field(name) for name in _ORDER]
 )
+EVAL_SCHEMA = BUNDLE_SCHEMA.append(pa.field("label_polarity", pa.string()))
+"""RUN/eval/<split>/: every bundled clip of the split, media and gold, no teacher output."""
 
 
 class ExportError(Exception):
     """The shards cannot be rebuilt from what the run directory holds."""
 
 
-@dataclass
-class ExportResult:
-    rows: dict[str, int] = field(default_factory=dict)
-    files: list[dict[str, Any]] = field(default_factory=list)
-    rewritten: bool = True
-    inputs_hash: str = ""
-
-
 class SplitWriter:
     """Rolls over to a new part when the current one reaches the target size."""
 
-    def __init__(self, folder: Path, cfg: ExportConfig, public: str) -> None:
+    def __init__(self, folder: Path, cfg: ExportConfig, public: str, schema: pa.Schema = CORPUS_SCHEMA) -> None:
         self.folder = folder
         self.public = public  # where the part will be once the staging folder is swapped in, e.g. shards/train
         self.cfg = cfg
+        self.schema = schema
         self.rows: list[dict] = []
         self.bytes = 0
         self.parts: list[dict[str, Any]] = []
@@ -101,21 +95,28 @@ class SplitWriter:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"part-{len(self.parts):05d}.parquet"
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=CORPUS_SCHEMA), path, compression="zstd",
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), path, compression="zstd",
                        row_group_size=self.cfg.row_group_rows)
         self.parts.append({"path": f"{self.public}/{path.name}", "rows": len(self.rows), "bytes": path.stat().st_size})
         self.rows, self.bytes = [], 0
 
 
-def inputs_hash(answers: dict[str, dict], config_hash: str) -> str:
-    """What the shards are made of: the chosen answers and the config. Equal hash, equal shards."""
+def inputs_hash(answers: dict[str, dict], refs: dict[str, dict], eval_keys: list[str], config_hash: str) -> str:
+    """What the shards and eval sets are made of: the chosen answers, each clip's current labels, the
+    eval sets' members and the config. Equal hash, equal files."""
     digest = hashlib.sha256(config_hash.encode())
     for key in sorted(answers):
         entry = answers[key]
         chosen = [(entry["answer"]["candidates"][i]["cache_key"], entry["answer"]["candidates"][i]["index"])
                   for i in entry["answer"].get("chosen") or []]
-        digest.update(json.dumps([key, entry["state"], entry["split"], chosen]).encode())
+        digest.update(json.dumps([key, entry["state"], entry["split"], chosen, labels_of(refs.get(key))]).encode())
+    for key in sorted(eval_keys):
+        digest.update(json.dumps(["eval", key, labels_of(refs.get(key))]).encode())
     return digest.hexdigest()
+
+
+def labels_of(ref: dict | None) -> list:
+    return [ref.get(name) for name in ("label", "text", "split", "label_T", "label_A", "label_V")] if ref else []
 
 
 def corpus_rows(bundle: dict, entry: dict, cache: ResponseCache, cfg: ExportConfig, scale: Scale) -> Iterator[dict]:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import openai
 
 from cotforge.config import TeacherConfig
-from cotforge.store.cache import TeacherResponse
+from cotforge.stats import Stats
+from cotforge.types import TeacherResponse
 from cotforge.teacher.request import split_body
 
 PREFLIGHT_TIMEOUT_S = 8.0
@@ -35,18 +34,6 @@ class TeacherUnavailable(Exception):
 
 class TeacherCallError(Exception):
     """One request failed for good (after retries, or refused); the clip fails with this reason."""
-
-
-@dataclass
-class ClientStats:
-    requests: int = 0
-    succeeded: int = 0
-    retries: Counter = field(default_factory=Counter)
-    failures: Counter = field(default_factory=Counter)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    in_flight: int = 0
-    max_in_flight: int = 0
 
 
 def _retry_kind(err: Exception) -> str | None:
@@ -84,7 +71,7 @@ def _message(err: Exception) -> str:
 class TeacherClient:
     def __init__(self, cfg: TeacherConfig) -> None:
         self.cfg = cfg
-        self.stats = ClientStats()
+        self.stats = Stats()
         self._last_success = time.monotonic()
         self._client: openai.AsyncOpenAI | None = None
 
@@ -132,13 +119,12 @@ class TeacherClient:
         assert self._client is not None
         typed, extra = split_body(body)
         attempt = 0
-        self.stats.requests += 1
+        self.stats.inc("requests")
         while True:
             began = time.perf_counter()
-            self.stats.in_flight += 1
-            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:
-                completion = await self._client.chat.completions.create(**typed, extra_body=extra or None, extra_headers=headers or None)
+                with self.stats.gauge("in_flight"):
+                    completion = await self._client.chat.completions.create(**typed, extra_body=extra or None, extra_headers=headers or None)
             except openai.BadRequestError as err:
                 message = _message(err)
                 if "mm_processor_kwargs" in message or "media_io_kwargs" in message:
@@ -148,28 +134,26 @@ class TeacherClient:
                         f"the teacher at {self.cfg.url} cannot read teacher.media_dir={self.cfg.media_dir} ({message}); start "
                         "vLLM with --allowed-local-media-path covering that folder on a filesystem it shares, or unset teacher.media_dir"
                     ) from None
-                self.stats.failures["400"] += 1
+                self.stats.inc("failures/400")
                 raise TeacherCallError(f"teacher refused the request (400): {message}") from None
             except openai.NotFoundError as err:
                 raise TeacherUnavailable(f"the teacher at {self.cfg.url} answered 404: {_message(err)}") from None
             except openai.APIError as err:
                 kind = _retry_kind(err)
                 if kind is None:
-                    self.stats.failures[type(err).__name__] += 1
+                    self.stats.inc(f"failures/{type(err).__name__}")
                     raise TeacherCallError(f"teacher error: {type(err).__name__}: {_message(err)}") from None
                 if attempt >= self.cfg.max_retries:
-                    self.stats.failures[kind] += 1
+                    self.stats.inc(f"failures/{kind}")
                     self._check_alive(kind)
                     raise TeacherCallError(f"teacher error after {attempt + 1} tries: {kind}: {_message(err)}") from None
-                self.stats.retries[kind] += 1
+                self.stats.inc(f"retries/{kind}")
                 delay = _retry_after(err)
                 if delay is None:
                     delay = min(MAX_BACKOFF_S, self.cfg.backoff_s * 2**attempt) * random.uniform(0.5, 1.5)
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
-            finally:
-                self.stats.in_flight -= 1
             return self._response(completion, time.perf_counter() - began)
 
     def _check_alive(self, kind: str) -> None:
@@ -181,11 +165,11 @@ class TeacherClient:
 
     def _response(self, completion: Any, latency: float) -> TeacherResponse:
         self._last_success = time.monotonic()
-        self.stats.succeeded += 1
+        self.stats.inc("succeeded")
         usage = completion.usage
         if usage is not None:
-            self.stats.prompt_tokens += usage.prompt_tokens or 0
-            self.stats.completion_tokens += usage.completion_tokens or 0
+            self.stats.inc("prompt_tokens", usage.prompt_tokens or 0)
+            self.stats.inc("completion_tokens", usage.completion_tokens or 0)
         return TeacherResponse(
             contents=[choice.message.content or "" for choice in completion.choices],
             finish_reasons=[choice.finish_reason or "" for choice in completion.choices],

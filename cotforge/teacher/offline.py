@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 from cotforge.config import TeacherConfig
-from cotforge.store.cache import TeacherResponse
-from cotforge.teacher.client import ClientStats, TeacherCallError, TeacherUnavailable
+from cotforge.stats import Stats
+from cotforge.teacher.client import TeacherCallError, TeacherUnavailable
+from cotforge.types import TeacherResponse
 
 INSTALL_HINT = (
     "teacher.backend=vllm-offline needs vLLM and a GPU: pip install -e '.[teacher-vllm]' on a CUDA machine "
@@ -49,7 +50,7 @@ class OfflineTeacher:
 
     def __init__(self, cfg: TeacherConfig, engine_kwargs: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
-        self.stats = ClientStats()
+        self.stats = Stats()
         self.engine_kwargs = engine_kwargs or {}
         self._llm: Any = None
         self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future]] = asyncio.Queue()
@@ -82,7 +83,7 @@ class OfflineTeacher:
 
     async def ask(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> TeacherResponse:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.stats.requests += 1
+        self.stats.inc("requests")
         await self._queue.put((body, future))
         return await future
 
@@ -107,7 +108,7 @@ class OfflineTeacher:
                 use_tqdm=False,
             )
         except Exception as err:  # noqa: BLE001 - a batch the engine refuses fails its clips, not the run
-            self.stats.failures[type(err).__name__] += len(batch)
+            self.stats.inc(f"failures/{type(err).__name__}", len(batch))
             for _, future in batch:
                 future.set_exception(TeacherCallError(f"vLLM offline engine refused the request: {err}"))
             return
@@ -115,9 +116,9 @@ class OfflineTeacher:
         for (_, future), output in zip(batch, outputs, strict=True):
             prompt = len(output.prompt_token_ids or [])
             completion = sum(len(c.token_ids) for c in output.outputs)
-            self.stats.succeeded += 1
-            self.stats.prompt_tokens += prompt
-            self.stats.completion_tokens += completion
+            self.stats.inc("succeeded")
+            self.stats.inc("prompt_tokens", prompt)
+            self.stats.inc("completion_tokens", completion)
             future.set_result(TeacherResponse(
                 contents=[c.text for c in output.outputs],
                 finish_reasons=[c.finish_reason or "" for c in output.outputs],

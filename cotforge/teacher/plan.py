@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from cotforge.config import ReaskConfig, TeacherConfig
+from cotforge.teacher.prompts import render_teacher
+from cotforge.types import Scale
 
 AUDIO_FRAMES_PER_S = 100  # mel frames per second (hop 160 at 16 kHz)
 CHAT_OVERHEAD_TOKENS = 24  # role tags, vision/audio bos/eos of the chat template
@@ -95,3 +100,35 @@ class ClipPlan:
     @property
     def prompt_tokens(self) -> int:
         return self.text_tokens + self.audio_tokens + self.video_tokens + CHAT_OVERHEAD_TOKENS
+
+
+@dataclass
+class PlanResult:
+    clips: list[ClipPlan]
+    completion_per_request: float
+    completion_observed: bool
+    requests_low: int
+    requests_high: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c.prompt_tokens for c in self.clips)
+
+
+def plan_clip(row: dict, rules: OmniRules, scale: Scale, count: Callable[[str], int]) -> ClipPlan:
+    """Prompt tokens of one bundle row's first request, by the processor's rules."""
+    system, instruction = render_teacher(row["text"], row["language"], scale)
+    seconds = row["audio_num_samples"] / row["audio_sample_rate"] if row["audio_sample_rate"] else 0.0
+    return ClipPlan(
+        row["key"], row["split"], count(system) + count(instruction), rules.audio_tokens(seconds),
+        rules.video_tokens(len(row["frame_timestamps"]), row["frame_width"], row["frame_height"]),
+    )
+
+
+def plan_requests(
+    clips: list[ClipPlan], teacher: TeacherConfig, reask: ReaskConfig, observed_completion: float | None
+) -> PlanResult:
+    """How many requests and completion tokens the clips may cost: one request each, or every clip re-asked and hinted."""
+    per_request = observed_completion if observed_completion is not None else float(teacher.max_tokens * teacher.n)
+    attempts = math.ceil(reask.samples / teacher.n) + int(reask.hint)
+    return PlanResult(clips, per_request, observed_completion is not None, len(clips), len(clips) * attempts)

@@ -73,7 +73,7 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
         "max_tokens": cfg.max_tokens,
-        "n": cfg.samples,
+        "n": cfg.n,
     }
     if cfg.seed is not None:
         body["seed"] = cfg.seed + attempt

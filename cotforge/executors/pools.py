@@ -1,0 +1,77 @@
+"""Worker processes for CPU work (decoding clips, muxing request media), driven from asyncio.
+
+A worker that dies (a crash inside FFmpeg) breaks its whole ProcessPoolExecutor and every job on it.
+The pool is rebuilt at once, and each job that was on the broken pool runs again in quarantine: one
+at a time, in a single-worker pool of its own. A job that crashes its quarantine pool is the one that
+kills workers, and only it fails (WorkerCrashed); the innocent jobs it took down succeed.
+
+Workers start through the forkserver (a clean process, not a fork of one holding threads and
+sockets) and die with the process that started them: each asks the kernel for SIGKILL when its
+parent dies, so a killed run leaves no orphans holding memory or its output pipes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing
+import signal
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerCrashed(Exception):
+    """The job kills any worker process that runs it."""
+
+
+def die_with_parent() -> None:
+    """Worker initializer: SIGKILL this process when its parent (the forkserver) dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    return multiprocessing.get_context("forkserver")
+
+
+class WorkerPool:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = self._new(workers)
+        self._quarantine = asyncio.Lock()
+
+    @staticmethod
+    def _new(workers: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=_context(), initializer=die_with_parent)
+
+    def warm(self, fn: Callable[[], Any]) -> None:
+        """Start the workers now (while something else waits, e.g. the teacher's preflight)."""
+        for _ in range(self.workers):
+            self._pool.submit(fn)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        pool = self._pool
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                self._pool = self._new(self.workers)
+                pool.shutdown(wait=False, cancel_futures=True)
+        async with self._quarantine:
+            alone = self._new(1)
+            try:
+                return await loop.run_in_executor(alone, fn, *args)
+            except BrokenProcessPool:
+                raise WorkerCrashed(f"a worker process crashed running {getattr(fn, '__name__', fn)}") from None
+            finally:
+                alone.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

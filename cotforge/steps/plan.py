@@ -1,0 +1,62 @@
+"""The plan step: bundle rows -> the prompt tokens each clip's request will cost (`cotforge plan`).
+
+No network, no GPU: the counts come from the processors' rules (`teacher.plan`) and, when a local
+copy is given, the teacher's own tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from cotforge.config import PipelineConfig
+from cotforge.steps.base import Step
+from cotforge.store.bundles import iter_bundles
+from cotforge.store.cache import ResponseCache
+from cotforge.store.run import RunDir
+from cotforge.teacher.plan import ClipPlan, PlanResult, estimate_text_tokens, plan_clip, plan_requests, rules_for
+
+COLUMNS = ["key", "split", "dataset", "language", "text", "frame_timestamps", "frame_width", "frame_height",
+           "audio_num_samples", "audio_sample_rate"]
+
+
+class PlanStep(Step):
+    name = "plan"
+
+    def __init__(self, cfg: PipelineConfig, count: Callable[[str], int] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.rules = rules_for(cfg.teacher.model)
+        self.scale = cfg.source.scale()
+        self.count_text = count or estimate_text_tokens
+
+    def process(self, row: dict) -> ClipPlan:
+        return plan_clip(row, self.rules, self.scale, self.count_text)
+
+    def count(self, result: ClipPlan) -> None:
+        self.stats.inc("clips")
+        self.stats.inc("prompt_tokens", result.prompt_tokens)
+
+
+def run_plan(cfg: PipelineConfig, run, count: Callable[[str], int] | None = None) -> PlanResult:
+    """Plan every clip the teacher would get (its splits), from the run's bundles."""
+    run_dir = RunDir(run)
+    with run_dir.open_ledger(read_only=True) as ledger:
+        locations = ledger.bundle_locations()
+        refs = ledger.refs(locations)
+    wanted = {k: v for k, v in locations.items() if refs.get(k, {}).get("split") in cfg.teacher.splits}
+    step = PlanStep(cfg, count)
+    clips = list(step.run(_rows(run_dir, wanted, refs)))
+    observed = None
+    if run_dir.cache_path.is_file():
+        cache = ResponseCache(run_dir.cache_path, read_only=True)
+        usage = cache.usage()
+        cache.close()
+        if usage["responses"]:
+            observed = usage["completion_tokens"] / usage["responses"]
+    return plan_requests(clips, cfg.teacher, cfg.reask, observed)
+
+
+def _rows(run_dir: RunDir, locations: dict[str, str], refs: dict[str, dict]) -> Iterator[dict]:
+    for row in iter_bundles(run_dir.bundles, locations, columns=COLUMNS):
+        ref = refs.get(row["key"]) or {}
+        yield {**row, "text": ref.get("text", row["text"]), "split": ref.get("split", row["split"])}
