@@ -171,11 +171,9 @@ def synth(
     are judged again from the cache: only what the new settings add is asked.
     """
     from cotforge.executors.local import LocalExecutor
-    from cotforge.store.run import RunDir
     from cotforge.teacher.client import TeacherUnavailable
 
     cfg = load_config(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
-    RunDir(run).save_config(cfg.public_dump())
     try:
         stats = LocalExecutor(cfg, "synth", quiet).synth(force).synth
     except _stage_errors() as exc:
@@ -246,10 +244,8 @@ def run_and_report(cfg, force: bool, quiet: bool):  # noqa: ANN001, ANN201 - Pip
     """`run` and `demo`: every stage, then the report."""
     from cotforge.executors.local import run_pipeline
     from cotforge.report import write_report
-    from cotforge.store.run import RunDir
     from cotforge.teacher.client import TeacherUnavailable
 
-    RunDir(cfg.run).save_config(cfg.public_dump())
     try:
         result = run_pipeline(cfg, cfg.run, force=force, quiet=quiet)
     except _stage_errors() as exc:

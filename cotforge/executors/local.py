@@ -115,6 +115,9 @@ class LocalExecutor:
         try:
             if teach:
                 check_teacher(books, cfg, force)
+            saved = cfg.public_dump()
+            # the resolved config goes with the run (secrets removed); a bundle-only command has no teacher to record
+            self.run_dir.save_config(saved if teach else {k: saved[k] for k in ("source", "media", "exec")})
             books.ledger.reset_unbundled()
             with make_progress(self.quiet) as progress:
                 asyncio.run(self._main(books, reader, teach, retry_failed, progress))
@@ -153,23 +156,26 @@ class LocalExecutor:
     async def _main(self, books: Bookkeeping, reader: ReadStep | None, teach: bool, retry_failed: bool, progress: Progress) -> None:
         cfg = self.cfg
         async with AsyncExitStack() as stack:
-            decode_pool = media_pool = None
-            if reader is not None:
-                decode_pool = WorkerPool(cfg.exec.workers)
-                stack.callback(decode_pool.shutdown)
-                decode_pool.warm(media_ready)
-            queue: asyncio.Queue | None = None
-            consumers: list[asyncio.Task] = []
-            teacher_task: TaskID | None = None
+            decode_pool = WorkerPool(cfg.exec.workers) if reader is not None else None
+            media_pool = WorkerPool(cfg.teacher.media_workers) if teach else None
+            for pool in (decode_pool, media_pool):
+                if pool is not None:
+                    stack.callback(pool.shutdown)
+                    pool.warm(media_ready)  # workers start while the server answers the preflight
+            client = None
             if teach:
-                media_pool = WorkerPool(cfg.teacher.media_workers)
-                stack.callback(media_pool.shutdown)
-                media_pool.warm(media_ready)
                 client = make_teacher(cfg.teacher)
                 await stack.enter_async_context(client)
                 # a wrong URL or model costs seconds, not a decode pass: the server answers before any work
                 await client.preflight()
                 books.set_meta("teacher", cfg.teacher_identity())
+            # every row is admitted before any clip is judged: a label changed on disk is known first
+            todo = await self._admit(books, reader, retry_failed) if reader is not None else []
+            queue: asyncio.Queue | None = None
+            producers: list[asyncio.Task] = []
+            consumers: list[asyncio.Task] = []
+            teacher_task: TaskID | None = None
+            if teach:
                 validator = ValidateConfig.for_scale(cfg.source.scale(), **cfg.validate_.overrides())
                 step = TeacherStep(cfg.teacher, cfg.reask, validator, client, books, media_pool.run)
                 self.steps["teacher"], self.steps["client"] = step, client
@@ -179,11 +185,9 @@ class LocalExecutor:
                 limit = cfg.teacher.concurrency + 2 * cfg.teacher.media_workers
                 queue = asyncio.Queue(maxsize=max(2, cfg.teacher.concurrency))
                 consumers = [asyncio.create_task(self._teach(step, client, books, queue, progress, teacher_task)) for _ in range(limit)]
-            producers = []
-            if teach:
                 producers.append(asyncio.create_task(self._feed(_iterate(waiting), queue)))
             if reader is not None:
-                producers.append(asyncio.create_task(self._decode(books, reader, decode_pool, queue, progress, teacher_task, retry_failed)))
+                producers.append(asyncio.create_task(self._decode(books, todo, decode_pool, queue, progress, teacher_task)))
             try:
                 await _first_error([*producers, *consumers], until=producers)
                 for _ in consumers:
@@ -198,15 +202,20 @@ class LocalExecutor:
         async for row in rows:
             await queue.put(row)
 
+    async def _admit(self, books: Bookkeeping, reader: ReadStep, retry_failed: bool) -> list[ClipRef]:
+        """Record every row of the source in the ledger; the refs that need decoding."""
+        todo = [ref async for ref in _iterate(reader.run()) if books.admit(ref, retry_failed)]
+        if reader.complete:
+            books.removed(reader.seen)
+        return todo
+
     async def _decode(
-        self, books: Bookkeeping, reader: ReadStep, pool: WorkerPool, queue: asyncio.Queue | None,
-        progress: Progress, teacher_task: TaskID | None, retry_failed: bool,
+        self, books: Bookkeeping, todo: list[ClipRef], pool: WorkerPool, queue: asyncio.Queue | None,
+        progress: Progress, teacher_task: TaskID | None,
     ) -> None:
         cfg = self.cfg
         decoder: DecodeStep = self.steps["decode"]
-        # a first pass for the progress bar's total, off the loop (a label file of 20k rows takes a moment)
-        total = await asyncio.to_thread(lambda: sum(1 for _ in ReadStep(cfg.source).run()))
-        task = progress.add_task("decode", total=total, info="")
+        task = progress.add_task("decode", total=len(todo), info="")
         slots = asyncio.Semaphore(cfg.exec.queue_size or 2 * cfg.exec.workers)
         running: set[asyncio.Task] = set()
         errors: list[BaseException] = []
@@ -216,10 +225,6 @@ class LocalExecutor:
             if not job.cancelled() and job.exception() is not None:
                 errors.append(job.exception())
 
-        def advance() -> None:
-            d, b = decoder.stats, books.stats
-            progress.update(task, advance=1, info=f"ok {d['bundled']} failed {d['failed'] + b['failed']} skipped {b['skipped']}")
-
         async def one(ref: ClipRef) -> None:
             try:
                 try:
@@ -228,24 +233,22 @@ class LocalExecutor:
                     result = ClipFailure(ref, "decoder process crashed on this clip", "decode")
                 decoder.count(result)
                 row = books.decoded(result)
-                advance()
+                d = decoder.stats
+                progress.update(task, advance=1, info=f"ok {d['bundled']} failed {d['failed']}")
                 if row is None:
                     return
-                if queue is not None and row["split"] in cfg.teacher.splits:
+                if row["split"] not in cfg.teacher.splits:
+                    books.hold_out(row)
+                elif queue is not None:
                     if teacher_task is not None:
                         progress.update(teacher_task, total=(progress.tasks[teacher_task].total or 0) + 1)
                     await queue.put(row)
-                elif row["split"] not in cfg.teacher.splits:
-                    books.hold_out(row)
             finally:
                 slots.release()
 
-        async for ref in _iterate(reader.run()):
+        for ref in todo:
             if errors:
                 raise errors[0]
-            if not books.admit(ref, retry_failed):
-                advance()
-                continue
             await slots.acquire()
             job = asyncio.create_task(one(ref))
             running.add(job)
@@ -254,8 +257,6 @@ class LocalExecutor:
             await asyncio.wait(set(running))
         if errors:
             raise errors[0]
-        if reader.complete:
-            books.removed(reader.seen)
 
     async def _teach(
         self, step: TeacherStep, client: Any, books: Bookkeeping, queue: asyncio.Queue, progress: Progress, task: TaskID
