@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cotforge import resources
 from cotforge.types import Polarity
@@ -29,6 +29,7 @@ MAX_FIELD_CHARS = 2000
 
 
 FieldText = Annotated[str, Field(max_length=MAX_FIELD_CHARS)]
+CueText = Annotated[str, Field(min_length=1, max_length=MAX_FIELD_CHARS)]
 
 
 class _SchemaModel(BaseModel):
@@ -36,12 +37,23 @@ class _SchemaModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Cues(_SchemaModel):
-    """What each modality shows, written before any verdict."""
+NO_CUE = "no clear cue"
+"""What the prompt asks a teacher to write for a modality that shows nothing: a cue is never empty."""
 
-    text: FieldText
-    audio: FieldText
-    visual: FieldText
+
+class Cues(_SchemaModel):
+    """What each modality shows, written before any verdict; an empty cue is not an answer."""
+
+    text: CueText
+    audio: CueText
+    visual: CueText
+
+    @field_validator("text", "audio", "visual")
+    @classmethod
+    def _said_something(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"empty cue (the prompt asks for {NO_CUE!r} when a modality shows none)")
+        return value
 
 
 class Discrimination(_SchemaModel):
@@ -212,9 +224,12 @@ def parse_teacher(text: str) -> ParseResult:
     """Read a teacher answer; never raises.
 
     Strict first (the whole text is the JSON the schema describes). Otherwise every top-level object
-    in the text is tried in order, read leniently, and the first that makes a valid Rationale wins.
-    When none does, the error names the most telling problem: a truncated object (a token limit cut
-    the answer), else the first invalid field of an object that did read, else the first JSON error.
+    in the text is read leniently, and the LAST one that makes a valid Rationale wins: a teacher that
+    writes an example or a draft before its answer ends with the answer, so a placeholder first
+    object must not pass for it. A truncated object after a complete one does not count (the last
+    complete answer stands). When none is valid, the error names the most telling problem: a
+    truncated object (a token limit cut the answer), else the first invalid field of an object that
+    did read, else the first JSON error.
     """
     try:
         strict = json.loads(text)
@@ -228,15 +243,15 @@ def parse_teacher(text: str) -> ParseResult:
     spans, truncated = _object_spans(text)
     field_error: str | None = None
     json_error: str | None = None
-    for span in spans:
+    for span in reversed(spans):
         obj, load_error = _load_object(span)
         if obj is None:
-            json_error = json_error or load_error
+            json_error = load_error
             continue
         rationale, invalid = _rationale(_normalise(obj))
         if rationale is not None:
             return ParseResult(rationale, None, lenient=True)
-        field_error = field_error or invalid
+        field_error = invalid
     if truncated:
         return ParseResult(None, "truncated JSON (unbalanced braces)", lenient=False)
     return ParseResult(None, field_error or json_error or "no JSON object found", lenient=False)

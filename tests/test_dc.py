@@ -234,11 +234,29 @@ def test_truncation_wins_over_an_earlier_stray_object() -> None:
     assert parse_teacher(text).error == "truncated JSON (unbalanced braces)"
 
 
-def test_first_valid_object_wins() -> None:
-    other = with_field("calibration.score", -2.0)
-    text = '{"draft": true} ' + json.dumps(GOOD) + " " + json.dumps(other)
+def test_the_last_valid_object_wins() -> None:
+    """A placeholder or draft before the answer must not pass for it: the answer comes last."""
+    placeholder = with_field("calibration.score", -2.0)
+    text = '{"draft": true} ' + json.dumps(placeholder) + " Here is my answer: " + json.dumps(GOOD)
     result = parse_teacher(text)
     assert result.rationale == EXPECTED
+
+
+def test_a_truncated_object_after_the_answer_does_not_hide_it() -> None:
+    text = json.dumps(GOOD) + "\n" + json.dumps(with_field("calibration.score", -2.0))[:60]
+    assert parse_teacher(text).rationale == EXPECTED
+
+
+@pytest.mark.parametrize("cue", ["", "   ", "\n\t"])
+def test_an_empty_cue_is_not_an_answer(cue: str) -> None:
+    result = parse_teacher(json.dumps(with_field("discrimination.cues.audio", cue)))
+    assert result.rationale is None and "discrimination.cues.audio" in result.error
+    assert "empty cue" in result.error or "at least 1 character" in result.error
+
+
+def test_the_schema_asks_for_non_empty_cues() -> None:
+    cues = load_schema()["properties"]["discrimination"]["properties"]["cues"]["properties"]
+    assert all(spec["minLength"] == 1 for spec in cues.values())
 
 
 # --- render / parse student ------------------------------------------------------------------------
@@ -353,11 +371,12 @@ def test_parse_student_salvages_what_it_can() -> None:
 
 # Fields may hold any text but the tag brackets; whitespace of every kind included.
 prose = st.text(st.characters(exclude_characters="<>", exclude_categories=["Cs"]), max_size=80)
+cue = prose.filter(str.strip)
 rationales = st.builds(
     Rationale,
     discrimination=st.builds(
         Discrimination,
-        cues=st.builds(Cues, text=prose, audio=prose, visual=prose),
+        cues=st.builds(Cues, text=cue, audio=cue, visual=cue),
         summary=prose,
         polarity=st.sampled_from(Polarity),
     ),
@@ -410,3 +429,26 @@ def test_truncated_teacher_json_never_raises(r: Rationale, cut: int) -> None:
     text = r.model_dump_json()
     result = parse_teacher(text[: max(0, len(text) - cut)])
     assert result.rationale is not None or result.error
+
+
+placeholders = st.sampled_from([
+    '{"discrimination": {"cues": {"text": "...", "audio": "...", "visual": "..."}, "summary": "...", "polarity": "neutral"},'
+    ' "calibration": {"reasoning": "...", "score": 0.0}}',
+    '{"example": true}',
+    "```json\n{}\n```",
+])
+separators = st.sampled_from(["", " ", "\n", "\nFinal answer:\n", "```json\n"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(placeholders, separators, rationales, st.one_of(st.none(), st.integers(1, 200)), st.sampled_from(["", "\n```", " Done."]))
+def test_the_answer_after_placeholders_and_before_a_truncated_tail_is_found(
+    placeholder: str, separator: str, answer: Rationale, cut: int | None, tail: str
+) -> None:
+    """Concatenated outputs: whatever comes before the answer, and a cut-off object after it, the answer is read."""
+    text = placeholder + separator + answer.model_dump_json() + tail
+    if cut is not None:
+        cut_object = answer.model_copy(update={"calibration": answer.calibration.model_copy(update={"score": 0.5})}).model_dump_json()
+        text += "\n" + cut_object[: max(1, len(cut_object) - cut)]
+    result = parse_teacher(text)
+    assert result.rationale == answer, result.error
