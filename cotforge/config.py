@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from cotforge.types import DATASETS, Scale, scale_for_range
 
@@ -196,7 +196,25 @@ class TeacherConfig(Section):
         default_factory=lambda: ["train", "valid"],
         description="splits the teacher writes chains for; test is held out for evaluation (RUN/eval/test) unless listed",
     )
-    simulated: bool = Field(default=False, description="the teacher is `cotforge teacher-sim`: send the gold label in headers")
+    prompt_dir: Path | None = Field(
+        default=None,
+        description="a folder of your own prompt templates (same names as prompts/: system.en.j2, teacher_dc.en.j2, ...) "
+        "used in front of the packaged ones; their content goes into prompt_version and the cache keys",
+    )
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="passed to the server's chat template, e.g. {enable_thinking: false} for a thinking-mode teacher",
+    )
+    simulated: bool | None = Field(
+        default=None,
+        description="the teacher is `cotforge teacher-sim` (it sends the gold label in X-Cotforge-* headers); "
+        "default: detected from the server's /v1/models (owned_by cotforge-sim)",
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=1,
+        description="the server's context length; clips whose prompt + max_tokens exceed it fail before any request "
+        "(default: read from the server's /v1/models at preflight; plan uses this value)",
+    )
     media_workers: int = Field(default=2, ge=1, le=256, description="processes that mux request media")
 
     @model_validator(mode="before")
@@ -207,6 +225,13 @@ class TeacherConfig(Section):
                 "teacher.samples was renamed teacher.n (samples per request, OpenAI n); reask.samples counts samples per clip"
             )
         return data
+
+    @field_validator("prompt_dir")
+    @classmethod
+    def _prompt_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"teacher.prompt_dir {value} is not a folder")
+        return value
 
     def resolved_api_key(self) -> str:
         import os
@@ -301,7 +326,10 @@ class PipelineConfig(Section):
         return _digest(relevant)
 
 
-TEACHER_IDENTITY = ("model", "temperature", "top_p", "max_tokens", "seed", "n", "structured", "media_mode", "video_codec")
+TEACHER_IDENTITY = (
+    "model", "temperature", "top_p", "max_tokens", "seed", "n", "structured", "media_mode", "video_codec", "prompt_dir",
+    "chat_template_kwargs",
+)
 
 
 def _digest(data: Any) -> str:

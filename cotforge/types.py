@@ -205,3 +205,5 @@ class TeacherResponse:
     completion_tokens: int | None = None
     latency_s: float = 0.0
     cached: bool = False
+    reasonings: list[str | None] = field(default_factory=list)
+    """A thinking-mode server's `reasoning_content` per sample (empty when it sends none)."""

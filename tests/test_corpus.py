@@ -200,3 +200,116 @@ def test_a_changed_media_setting_is_refused_before_any_request(demo_factory, tmp
         with pytest.raises(RunError, match="other media settings"):
             run_pipeline(other, run, quiet=True)
         assert requests(sim) == 0
+
+
+def test_clips_too_long_for_the_server_fail_before_any_request(demo_factory, tmp_path: Path) -> None:
+    demo = demo_factory("mosi", clips=6, min_seconds=1.0, max_seconds=2.0, seed=33)
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=6, **FAST)) as sim:
+        cfg = config(demo.root, run, sim.url, teacher={"max_model_len": 900, "max_tokens": 512})
+        run_pipeline(cfg, run, quiet=True)
+        assert requests(sim) == 0
+    with Ledger(run / "ledger.sqlite") as ledger:
+        reasons = [r for (r,) in ledger.db.execute("SELECT reason FROM clips WHERE stage = 'teacher'")]
+    assert reasons and all(r.startswith("over the context budget: about ") and "max_model_len 900" in r for r in reasons)
+    plan = subprocess.run([sys.executable, "-m", "cotforge.cli", "plan", "--run", str(run), "--max-model-len", "900"],
+                          capture_output=True, text=True)
+    assert plan.returncode == 0 and f"{len(reasons)} clips exceed max_model_len 900" in " ".join(plan.stderr.split())
+
+
+def test_own_prompts_change_the_version_and_a_dry_run_shows_the_exact_requests(demo_factory, tmp_path: Path) -> None:
+    from cotforge.resources import resource_dir
+
+    demo = demo_factory("mosi", clips=6, min_seconds=1.0, max_seconds=2.0, seed=33)
+    run = tmp_path / "run"
+    mine = tmp_path / "prompts"
+    mine.mkdir()
+    template = (resource_dir("prompts") / "teacher_dc.en.j2").read_text()
+    (mine / "teacher_dc.en.j2").write_text(template.replace("Judge the speaker's sentiment", "JUDGE WITH CARE the speaker's sentiment"))
+    cfg = config(demo.root, run, "http://127.0.0.1:9/v1")  # nothing listens there: a dry run sends nothing
+    run_bundle(cfg, run, quiet=True)
+    cli = [sys.executable, "-m", "cotforge.cli", "synth", "--run", str(run), "--teacher-url", "http://127.0.0.1:9/v1"]
+    packaged = subprocess.run([*cli, "--dry-run", "2"], capture_output=True, text=True)
+    assert packaged.returncode == 0, packaged.stderr
+    previews = [json.loads(p.read_text()) for p in sorted((run / "requests").glob("*.json"))]
+    assert len(previews) == 2
+    body = previews[0]["body"]
+    assert body["messages"][1]["content"][0]["video_url"]["url"] == "cotforge-media:video"  # media elided
+    assert "JUDGE WITH CARE" not in json.dumps(body)
+    own = subprocess.run([*cli, "--dry-run", "2", "--set", f"teacher.prompt_dir={mine}", "--set",
+                          "teacher.chat_template_kwargs={enable_thinking: false}"], capture_output=True, text=True)
+    assert own.returncode == 0, own.stderr
+    changed = [json.loads(p.read_text()) for p in sorted((run / "requests").glob("*.json"))]
+    assert "JUDGE WITH CARE" in json.dumps(changed[0]["body"]) and changed[0]["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+    assert changed[0]["prompt_version"] != previews[0]["prompt_version"] and changed[0]["cache_key"] != previews[0]["cache_key"]
+    bad = subprocess.run([*cli, "--dry-run", "1", "--set", f"teacher.prompt_dir={tmp_path / 'nowhere'}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+def test_a_thinking_teachers_reasoning_is_kept_beside_the_answer(tmp_path: Path) -> None:
+    """A server with a reasoning parser returns `reasoning_content`: it reaches the cache and the shard row."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cotforge.config import ExportConfig, TeacherConfig
+    from cotforge.store.cache import ResponseCache
+    from cotforge.store.shards import corpus_rows
+    from cotforge.teacher.client import TeacherClient
+    from cotforge.types import MOSI_SCALE
+
+    answer = {"discrimination": {"cues": {"text": "t", "audio": "a", "visual": "v"}, "summary": "s", "polarity": "positive"},
+              "calibration": {"reasoning": "r", "score": 1.0}}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            payload = {"id": "x", "object": "chat.completion", "created": 0, "model": "thinker",
+                       "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                           "role": "assistant", "content": json.dumps(answer), "reasoning_content": "Let me look at the face first."}}],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async def ask():
+            async with TeacherClient(TeacherConfig(url=f"http://127.0.0.1:{server.server_port}/v1", model="thinker")) as client:
+                return await client.ask({"model": "thinker", "messages": [{"role": "user", "content": "hi"}]})
+
+        response = asyncio.run(ask())
+    finally:
+        server.shutdown()
+    assert response.reasonings == ["Let me look at the face first."]
+    cache = ResponseCache(tmp_path / "cache.sqlite")
+    cache.put("k", "mosi/v/1", "dc-en-x", False, response)
+    assert cache.get("k").reasonings == response.reasonings
+    bundle = {name: None for name in ("key", "dataset", "split", "video_id", "clip_id", "language", "text", "label_T", "label_A",
+                                      "label_V", "source_path", "start", "end", "duration", "media_hash", "audio",
+                                      "audio_sample_rate", "frames", "frame_timestamps", "frame_fps")}
+    bundle.update(key="mosi/v/1", label=1.2)
+    entry = {"answer": {"chosen": [0], "prompt_version": "dc-en-x", "candidates": [
+        {"cache_key": "k", "index": 0, "error": 0.2, "hinted": False, "rules": []}]}}
+    (row,) = corpus_rows(bundle, entry, cache, ExportConfig(), MOSI_SCALE)
+    assert row["teacher_reasoning"] == "Let me look at the face first." and row["target"].startswith("<think>")
+
+
+def test_the_simulator_is_recognised_without_a_switch(demo_factory, tmp_path: Path) -> None:
+    """`cotforge run pipelines/mosi.yaml --set teacher.url=<simulator>` works as the README says: no secret setting."""
+    demo = demo_factory("mosi", clips=6, min_seconds=1.0, max_seconds=2.0, seed=33)
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=7, noise=0.2, flip_rate=0.0, max_model_len=4096, **FAST)) as sim:
+        cfg = config(demo.root, run, sim.url)
+        cfg.teacher.simulated = None
+        result = run_pipeline(cfg, run, quiet=True)
+    assert result.synth["accepted"] >= 3 and result.synth["failed"] == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["teacher_models"] == ["sim/qwen3-omni"]

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from cotforge.cli.common import DatasetChoice, SetOption, config_option, fail, load_config, out, overrides
+from cotforge.cli.common import DatasetChoice, SetOption, config_option, err, fail, load_config, out, overrides
 from cotforge.cli.main import app
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -162,6 +162,7 @@ def synth(
     concurrency: Concurrency = None,
     pipeline: Annotated[Optional[Path], typer.Option(help="Take teacher/validation settings from this pipeline YAML.")] = None,
     force: Annotated[bool, typer.Option("--force/--no-force", help="Ask again with teacher settings other than the run's.")] = False,
+    dry_run: Annotated[Optional[int], typer.Option("--dry-run", metavar="N", help="Write the exact request bodies of N clips (media elided) to RUN/requests/ and send nothing.")] = None,
     set_: SetOption = None,
     quiet: Quiet = False,
 ) -> None:
@@ -174,6 +175,9 @@ def synth(
     from cotforge.teacher.client import TeacherUnavailable
 
     cfg = load_config(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
+    if dry_run is not None:
+        _dry_run(cfg, run, dry_run)
+        return
     try:
         stats = LocalExecutor(cfg, "synth", quiet).synth(force).synth
     except _stage_errors() as exc:
@@ -184,6 +188,22 @@ def synth(
         fail("interrupted; every answer received is cached; re-run the same command to resume.", code=130)
     print_teacher(stats)
     out.print(f"next: cotforge export --run {run}")
+
+
+def _dry_run(cfg, run: Path, limit: int) -> None:  # noqa: ANN001 - a PipelineConfig
+    from cotforge.steps.plan import preview_requests
+    from cotforge.store.run import RunError
+
+    try:
+        previews = preview_requests(cfg, run, limit)
+    except RunError as exc:
+        fail(str(exc))
+    folder = run / "requests"
+    folder.mkdir(parents=True, exist_ok=True)
+    for preview in previews:
+        path = folder / (preview["key"].replace("/", "__") + ".json")
+        path.write_text(json.dumps(preview, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.print(f"wrote {len(previews)} request bodies (media elided, nothing sent) to {folder}")
 
 
 def print_teacher(stats) -> None:  # noqa: ANN001 - a Stats
@@ -283,6 +303,7 @@ def plan(
     run: Annotated[Path, typer.Option("--run", help="Run directory with bundles.")],
     model: Annotated[Optional[str], config_option("teacher.model", "--model")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Local folder of the teacher's tokenizer (needs transformers); else an estimate.")] = None,
+    max_model_len: Annotated[Optional[int], config_option("teacher.max_model_len", "--max-model-len")] = None,
     prefill_tps: Annotated[float, typer.Option(help="Server prompt throughput, tokens/s (measure with `vllm bench serve`).")] = 4000.0,
     decode_tps: Annotated[float, typer.Option(help="Server generation throughput, tokens/s, all sequences together.")] = 1000.0,
     set_: SetOption = None,
@@ -291,7 +312,7 @@ def plan(
     from cotforge.steps.plan import run_plan
     from cotforge.store.run import RunError
 
-    cfg = load_config(None, run, set_ or [], {"teacher.model": model})
+    cfg = load_config(None, run, set_ or [], {"teacher.model": model, "teacher.max_model_len": max_model_len})
     count = None
     if tokenizer is not None:
         try:
@@ -331,3 +352,15 @@ def plan(
         cost.add_row(label, f"{requests:,}", f"{prompt:,.0f}", f"{completion:,.0f}", f"{seconds / 3600:.2f} h")
     out.print(cost)
     out.print(f"at {prefill_tps:,.0f} prompt tok/s and {decode_tps:,.0f} generated tok/s per server; divide by the number of replicas")
+    budget = cfg.teacher.max_model_len
+    if budget is None:
+        out.print("context budget not checked: give --max-model-len (the server's --max-model-len) to flag clips too long for it")
+        return
+    over = [c for c in result.clips if c.prompt_tokens + cfg.teacher.max_tokens > budget]
+    if not over:
+        out.print(f"every clip fits max_model_len {budget:,} (prompt + max_tokens {cfg.teacher.max_tokens:,})")
+        return
+    err.print(f"[bold yellow]{len(over)} clips exceed max_model_len {budget:,}[/] (prompt + max_tokens {cfg.teacher.max_tokens:,}); "
+              "they will fail before any request. Lower media.fps/max_frames/size or teacher.max_tokens, or serve a longer context:")
+    for clip in sorted(over, key=lambda c: -c.prompt_tokens)[:10]:
+        err.print(f"  {clip.key}: about {clip.prompt_tokens:,} prompt tokens", highlight=False)

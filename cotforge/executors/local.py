@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.progress import Progress, TaskID
 
-from cotforge.config import BundleConfig, PipelineConfig
+from cotforge.config import BundleConfig, PipelineConfig, TeacherConfig
 from cotforge.executors.pools import WorkerCrashed, WorkerPool
 from cotforge.executors.progress import make_progress
 from cotforge.stats import Stats
@@ -31,6 +31,7 @@ from cotforge.steps.read import ReadStep
 from cotforge.steps.teacher import ClipOutcome, TeacherStep
 from cotforge.store.run import RunDir, RunError
 from cotforge.teacher.backend import make_teacher
+from cotforge.teacher.client import ServedModel
 from cotforge.teacher.request import ready as media_ready
 from cotforge.types import Bundle, ClipFailure, ClipRef, ClipState
 from cotforge.validate import ValidateConfig
@@ -169,6 +170,7 @@ class LocalExecutor:
                 # a wrong URL or model costs seconds, not a decode pass: the server answers before any work
                 await client.preflight()
                 books.set_meta("teacher", cfg.teacher_identity())
+                teacher_cfg = served_settings(cfg.teacher, getattr(client, "served", None))
             # every row is admitted before any clip is judged: a label changed on disk is known first
             todo = await self._admit(books, reader, retry_failed) if reader is not None else []
             queue: asyncio.Queue | None = None
@@ -177,7 +179,7 @@ class LocalExecutor:
             teacher_task: TaskID | None = None
             if teach:
                 validator = ValidateConfig.for_scale(cfg.source.scale(), **cfg.validate_.overrides())
-                step = TeacherStep(cfg.teacher, cfg.reask, validator, client, books, media_pool.run)
+                step = TeacherStep(teacher_cfg, cfg.reask, validator, client, books, media_pool.run)
                 self.steps["teacher"], self.steps["client"] = step, client
                 books.retarget(cfg.teacher.splits, cfg.judge_fingerprint())
                 waiting, total = books.waiting()
@@ -275,6 +277,17 @@ class LocalExecutor:
                 info=f"asked {s['requests']} accepted {s['accepted']} rejected {s['rejected']} failed {s['failed']} "
                 f"cache {s['cache_hits']} retries {retries} {rate:,.0f} tok/s",
             )
+
+
+def served_settings(teacher: TeacherConfig, served: ServedModel | None) -> TeacherConfig:
+    """What the server told at preflight fills what the config left open: whether it is the simulator
+    (which then gets the gold label in headers) and its context length (the clips' token budget)."""
+    updates: dict[str, Any] = {}
+    if teacher.simulated is None:
+        updates["simulated"] = bool(served and served.simulated)
+    if teacher.max_model_len is None and served is not None and served.max_model_len:
+        updates["max_model_len"] = served.max_model_len
+    return teacher.model_copy(update=updates)
 
 
 def http_faults(client: Stats) -> Stats:

@@ -14,6 +14,7 @@ from cotforge.store.bundles import iter_bundles
 from cotforge.store.cache import ResponseCache
 from cotforge.store.run import RunDir
 from cotforge.teacher.plan import ClipPlan, PlanResult, estimate_text_tokens, plan_clip, plan_requests, rules_for
+from cotforge.teacher.request import build_request
 
 COLUMNS = ["key", "split", "dataset", "language", "text", "frame_timestamps", "frame_width", "frame_height",
            "audio_num_samples", "audio_sample_rate"]
@@ -60,3 +61,27 @@ def _rows(run_dir: RunDir, locations: dict[str, str], refs: dict[str, dict]) -> 
     for row in iter_bundles(run_dir.bundles, locations, columns=COLUMNS):
         ref = refs.get(row["key"]) or {}
         yield {**row, "text": ref.get("text", row["text"]), "split": ref.get("split", row["split"])}
+
+
+def preview_requests(cfg: PipelineConfig, run, limit: int) -> list[dict]:
+    """The exact first request of up to `limit` clips the teacher would get, media elided, sending nothing.
+
+    Bodies are the canonical ones whose hash is the cache key: each media part holds a placeholder
+    URL and the media hash (`uuid`) instead of megabytes of base64.
+    """
+    run_dir = RunDir(run)
+    with run_dir.open_ledger(read_only=True) as ledger:
+        locations = ledger.bundle_locations()
+        refs = ledger.refs(locations)
+    wanted = {k: v for k, v in sorted(locations.items()) if refs.get(k, {}).get("split") in cfg.teacher.splits}
+    scale = cfg.source.scale()
+    previews = []
+    for row in iter_bundles(run_dir.bundles, wanted):
+        if len(previews) >= limit:
+            break
+        ref = refs.get(row["key"]) or {}
+        row = {**row, **{name: ref.get(name, row.get(name)) for name in ("text", "label", "split", "language")}}
+        request = build_request(row, cfg.teacher, scale)
+        previews.append({"key": row["key"], "cache_key": request.cache_key, "prompt_version": request.prompt_version,
+                         "headers": request.headers, "body": request.body})
+    return previews

@@ -25,6 +25,7 @@ from cotforge.config import ReaskConfig, TeacherConfig
 from cotforge.dc import ParseResult, parse_teacher
 from cotforge.steps.base import AsyncStep
 from cotforge.teacher.client import TeacherCallError, TeacherUnavailable
+from cotforge.teacher.plan import estimate_text_tokens, plan_clip, rules_for
 from cotforge.teacher.request import ClipMedia, build_request, materialize
 from cotforge.types import ClipState, TeacherResponse, reason_kind
 from cotforge.validate import ValidateConfig, Verdict, pick_best, validate
@@ -114,6 +115,7 @@ class TeacherStep(AsyncStep):
         self.cache = cache
         self.run_media = run_media
         self.http = asyncio.Semaphore(teacher.concurrency)
+        self.rules = rules_for(teacher.model)
 
     async def _fetch(self, row: dict[str, Any], hint: str | None, attempt: int) -> tuple[str, str, TeacherResponse]:
         request = build_request(row, self.teacher, self.validator.scale, hint=hint, attempt=attempt)
@@ -121,6 +123,7 @@ class TeacherStep(AsyncStep):
         if cached is not None:
             self.stats.inc("cache_hits")
             return request.cache_key, request.prompt_version, cached
+        self._check_budget(row)
         media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
         try:
             body = await self.run_media(materialize, request.body, media, self.teacher.video_codec, self.teacher.media_dir)
@@ -133,6 +136,19 @@ class TeacherStep(AsyncStep):
         self.stats.inc("completion_tokens", response.completion_tokens or 0)
         self.cache.put(request.cache_key, row["key"], request.prompt_version, hint is not None, response)
         return request.cache_key, request.prompt_version, response
+
+    def _check_budget(self, row: dict[str, Any]) -> None:
+        """A clip too long for the server's context fails before it is paid for, naming the budget."""
+        budget = self.teacher.max_model_len
+        if not budget:
+            return
+        prompt = plan_clip(row, self.rules, self.validator.scale, estimate_text_tokens).prompt_tokens
+        if prompt + self.teacher.max_tokens > budget:
+            raise TeacherCallError(
+                f"over the context budget: about {prompt:,} prompt + {self.teacher.max_tokens:,} completion tokens > "
+                f"max_model_len {budget:,}; lower media.fps/max_frames/size or teacher.max_tokens, or serve a longer "
+                "--max-model-len"
+            )
 
     def _judge(self, cache_key: str, response: TeacherResponse, gold: float, hinted: bool) -> list[Candidate]:
         out = []

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS responses (
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
     latency_s REAL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    reasonings TEXT
 );
 CREATE INDEX IF NOT EXISTS responses_clip ON responses(clip_key);
 """
@@ -44,6 +45,8 @@ class ResponseCache:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "reasonings" not in {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}:
+            self.db.execute("ALTER TABLE responses ADD COLUMN reasonings TEXT")  # a cache made by cotforge 0.1
         self.hits = 0
         self.misses = 0
 
@@ -54,20 +57,24 @@ class ResponseCache:
 
     def get(self, cache_key: str) -> TeacherResponse | None:
         row = self.db.execute(
-            "SELECT contents, finish_reasons, model, prompt_tokens, completion_tokens, latency_s FROM responses WHERE cache_key = ?",
+            "SELECT contents, finish_reasons, model, prompt_tokens, completion_tokens, latency_s, reasonings FROM responses"
+            " WHERE cache_key = ?",
             (cache_key,),
         ).fetchone()
         if row is None:
             self.misses += 1
             return None
         self.hits += 1
-        return TeacherResponse(json.loads(row[0]), json.loads(row[1]), row[2], row[3], row[4], row[5] or 0.0, cached=True)
+        return TeacherResponse(json.loads(row[0]), json.loads(row[1]), row[2], row[3], row[4], row[5] or 0.0, cached=True,
+                               reasonings=json.loads(row[6]) if row[6] else [])
 
     def put(self, cache_key: str, clip_key: str, prompt_version: str, hinted: bool, response: TeacherResponse) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO responses(cache_key, clip_key, model, prompt_version, hinted, contents, finish_reasons,"
+            " prompt_tokens, completion_tokens, latency_s, created_at, reasonings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (cache_key, clip_key, response.model, prompt_version, int(hinted), json.dumps(response.contents, ensure_ascii=False),
-             json.dumps(response.finish_reasons), response.prompt_tokens, response.completion_tokens, response.latency_s, time.time()),
+             json.dumps(response.finish_reasons), response.prompt_tokens, response.completion_tokens, response.latency_s, time.time(),
+             json.dumps(response.reasonings, ensure_ascii=False) if any(response.reasonings) else None),
         )
         self.db.commit()
 

@@ -53,11 +53,12 @@ _ORDER = (
     "id", "key", "sample", "dataset", "split", "video_id", "clip_id", "language", "text", "label", "label_polarity",
     "label_T", "label_A", "label_V", "source_path", "start", "end", "duration", "media_hash", "audio",
     "audio_sample_rate", "frames", "frame_timestamps", "frame_fps", "teacher_model", "prompt_version", "rationale",
-    "target", "teacher_score", "teacher_polarity", "error", "hinted", "attempts", "validation", "review",
+    "target", "teacher_reasoning", "teacher_score", "teacher_polarity", "error", "hinted", "attempts", "validation", "review",
 )
 _OWN = {
     "id": pa.string(), "sample": pa.int32(), "label_polarity": pa.string(), "teacher_model": pa.string(),
-    "prompt_version": pa.string(), "rationale": RATIONALE, "target": pa.string(), "teacher_score": pa.float64(),
+    "prompt_version": pa.string(), "rationale": RATIONALE, "target": pa.string(), "teacher_reasoning": pa.string(),
+    "teacher_score": pa.float64(),
     "teacher_polarity": pa.string(), "error": pa.float64(), "hinted": pa.bool_(), "attempts": pa.int32(),
     "validation": pa.list_(RULE), "review": REVIEW,
 }
@@ -144,6 +145,7 @@ def corpus_rows(bundle: dict, entry: dict, cache: ResponseCache, cfg: ExportConf
             "prompt_version": answer.get("prompt_version"),
             "rationale": rationale.model_dump(mode="json"),
             "target": render_student(rationale),
+            "teacher_reasoning": response.reasonings[candidate["index"]] if candidate["index"] < len(response.reasonings) else None,
             "teacher_score": rationale.calibration.score,
             "teacher_polarity": rationale.discrimination.polarity.value,
             "error": candidate["error"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -26,6 +27,19 @@ MM_KWARGS_FIX = (
     "start vLLM with --trust-request-mm-kwargs, or set teacher.mm_kwargs=server and start it with "
     "--mm-processor-kwargs '{\"use_audio_in_video\": true}' --media-io-kwargs '{\"video\": {\"fps\": 2}}'"
 )
+
+
+SIMULATOR_OWNER = "cotforge-sim"
+"""What `cotforge teacher-sim` answers as `owned_by` in /v1/models: how cotforge knows it talks to the simulator."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """What the server says about the model it serves (vLLM reports `max_model_len` in /v1/models)."""
+
+    name: str
+    max_model_len: int | None
+    simulated: bool
 
 
 class TeacherUnavailable(Exception):
@@ -68,12 +82,20 @@ def _message(err: Exception) -> str:
     return str(err)
 
 
+def _reasoning(message: Any) -> str | None:
+    """The thinking a reasoning-parser server returns beside the answer (vLLM: `reasoning_content`, newer `reasoning`)."""
+    extra = getattr(message, "model_extra", None) or {}
+    value = extra.get("reasoning_content") or extra.get("reasoning")
+    return value if isinstance(value, str) and value else None
+
+
 class TeacherClient:
     def __init__(self, cfg: TeacherConfig) -> None:
         self.cfg = cfg
         self.stats = Stats()
         self._last_success = time.monotonic()
         self._client: openai.AsyncOpenAI | None = None
+        self.served: ServedModel | None = None
 
     async def __aenter__(self) -> TeacherClient:
         limits = httpx.Limits(max_connections=self.cfg.concurrency + 8, max_keepalive_connections=self.cfg.concurrency + 8)
@@ -112,6 +134,9 @@ class TeacherClient:
                 f"model {self.cfg.model!r} is not served at {self.cfg.url}; it serves: {', '.join(names) or '(none)'}. "
                 "Set teacher.model to one of these."
             )
+        entry = next(m for m in models.data if m.id == self.cfg.model)
+        length = (entry.model_extra or {}).get("max_model_len")
+        self.served = ServedModel(entry.id, int(length) if isinstance(length, int | float) else None, entry.owned_by == SIMULATOR_OWNER)
         return names
 
     async def ask(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> TeacherResponse:
@@ -171,6 +196,7 @@ class TeacherClient:
             self.stats.inc("prompt_tokens", usage.prompt_tokens or 0)
             self.stats.inc("completion_tokens", usage.completion_tokens or 0)
         return TeacherResponse(
+            reasonings=[_reasoning(choice.message) for choice in completion.choices],
             contents=[choice.message.content or "" for choice in completion.choices],
             finish_reasons=[choice.finish_reason or "" for choice in completion.choices],
             model=completion.model or self.cfg.model,

@@ -1,13 +1,16 @@
 """Versioned Jinja2 prompts: the DC teacher prompt (en, zh), its hint variant, the student system prompt.
 
-The prompt version is a hash of the template sources, so it changes exactly when a prompt does;
-it goes into every cache key and output row.
+The prompt version is a hash of the template sources actually used, so it changes exactly when a
+prompt does; it goes into every cache key and output row. `teacher.prompt_dir` lets a user put
+their own templates (same names) in front of the packaged ones: what they override, and nothing
+else, changes the version.
 """
 
 from __future__ import annotations
 
 import hashlib
 from functools import cache
+from pathlib import Path
 
 import jinja2
 
@@ -33,14 +36,23 @@ def anchors(scale: Scale, lang: str) -> list[tuple[float, str]]:
 HINT_ZH = {"positive": "积极（positive）", "negative": "消极（negative）", "neutral": "中性（neutral）"}
 
 
+def _folders(prompt_dir: Path | None) -> list[Path]:
+    return [*([Path(prompt_dir)] if prompt_dir is not None else []), resource_dir("prompts")]
+
+
 @cache
-def _env() -> jinja2.Environment:
+def _env(prompt_dir: Path | None = None) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resource_dir("prompts"))),
+        loader=jinja2.FileSystemLoader([str(folder) for folder in _folders(prompt_dir)]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         autoescape=False,
     )
+
+
+def template_source(name: str, prompt_dir: Path | None = None) -> bytes:
+    """The bytes of the template `name` as it will be used: the user's copy if prompt_dir has one."""
+    return next(folder / name for folder in _folders(prompt_dir) if (folder / name).is_file()).read_bytes()
 
 
 def _language(language: str) -> str:
@@ -48,23 +60,26 @@ def _language(language: str) -> str:
 
 
 @cache
-def prompt_version(language: str) -> str:
+def prompt_version(language: str, prompt_dir: Path | None = None) -> str:
     """Hash of the templates a teacher request in `language` is built from."""
     lang = _language(language)
     digest = hashlib.sha256()
     for name in (f"system.{lang}.j2", f"teacher_dc.{lang}.j2"):
         digest.update(name.encode())
-        digest.update((resource_dir("prompts") / name).read_bytes())
+        digest.update(template_source(name, prompt_dir))
     return f"dc-{lang}-{digest.hexdigest()[:12]}"
 
 
-def render_teacher(text: str, language: str, scale: Scale, hint: str | None = None) -> tuple[str, str]:
+def render_teacher(
+    text: str, language: str, scale: Scale, hint: str | None = None, prompt_dir: Path | None = None
+) -> tuple[str, str]:
     """(system prompt, user instruction) for one clip; `hint` is the gold polarity on hinted re-asks."""
     lang = _language(language)
     if hint and lang == "zh":
         hint = HINT_ZH.get(hint, hint)
-    system = _env().get_template(f"system.{lang}.j2").render().strip()
-    user = _env().get_template(f"teacher_dc.{lang}.j2").render(text=text, scale=scale, anchors=anchors(scale, lang), hint=hint).strip()
+    env = _env(prompt_dir)
+    system = env.get_template(f"system.{lang}.j2").render().strip()
+    user = env.get_template(f"teacher_dc.{lang}.j2").render(text=text, scale=scale, anchors=anchors(scale, lang), hint=hint).strip()
     return system, user
 
 

@@ -59,7 +59,7 @@ def _structured(cfg: TeacherConfig) -> dict[str, Any]:
 
 def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: str | None = None, attempt: int = 0) -> TeacherRequest:
     """Canonical request for one bundle row (see store.bundles) on the run's scale; `attempt` > 0 varies the seed for re-asks."""
-    system, instruction = render_teacher(row["text"], row["language"], scale, hint)
+    system, instruction = render_teacher(row["text"], row["language"], scale, hint, cfg.prompt_dir)
     media_hash = row["media_hash"]
     parts: list[dict[str, Any]] = [
         {"type": "video_url", "video_url": {"url": f"{MEDIA_PLACEHOLDER}video"}, "uuid": f"{media_hash}:{cfg.media_mode}"}
@@ -78,6 +78,8 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     if cfg.seed is not None:
         body["seed"] = cfg.seed + attempt
     body.update(_structured(cfg))
+    if cfg.chat_template_kwargs:
+        body["chat_template_kwargs"] = cfg.chat_template_kwargs
     if cfg.mm_kwargs == "request":
         if cfg.media_mode == "video_audio":
             body["mm_processor_kwargs"] = {"use_audio_in_video": True}
@@ -99,7 +101,7 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
         body=body,
         headers=headers,
         hint=hint,
-        prompt_version=prompt_version(row["language"]),
+        prompt_version=prompt_version(row["language"], cfg.prompt_dir),
     )
 
 
