@@ -208,7 +208,7 @@ class TeacherConfig(Section):
     simulated: bool | None = Field(
         default=None,
         description="the teacher is `cotforge teacher-sim` (it sends the gold label in X-Cotforge-* headers); "
-        "default: detected from the server's /v1/models (owned_by cotforge-sim)",
+        "default: detected from the server's /v1/models (owned_by cotforge-teacher-sim)",
     )
     max_model_len: int | None = Field(
         default=None, ge=1,

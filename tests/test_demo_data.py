@@ -7,6 +7,7 @@ the generator's own structures, so a drift from the real layout shows up here.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from fractions import Fraction
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 
 from cotforge.config import SourceConfig
-from cotforge.demo.writer import CORRUPT_KINDS, DemoDataset, make_demo_dataset
-from cotforge.sources.mmsa import MMSASource
+from cotforge.demo import CORRUPT_KINDS, DemoDataset, make_demo_dataset
 from cotforge.demo.voice import synth_voice
+from cotforge.sources.mmsa import MMSASource
 
 HEADER = ["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"]
 SHORT = {"min_seconds": 1.0, "max_seconds": 3.0}
@@ -327,3 +328,56 @@ def test_voice_is_voiced_and_valence_raises_pitch(rate: int) -> None:
         return float(np.sum(spectrum * np.arange(spectrum.size)) / np.sum(spectrum))
 
     assert centroid(high) > centroid(low)
+
+
+# --- the split of demo/ into labels, media and writer changed no byte ------------------------------
+
+# sha256 of files written before `demo/writer.py` was split (same seeds and sizes as the fixtures above:
+# "mosi-7" is demos["mosi"], "sims-3" is `corrupted`, "mosei-5" is `full`).
+TEXT_SHA256 = {
+    "mosi-7/label.csv":
+        "5a21f7a695aaf65587d0bdf617fb30cb57d9a2c2525485c9e1a575ec77ec9225",
+    "mosi-7/demo.json":
+        "d07467b1f28f2d15694e4fc3a19ece160965e816ebe41ceb507e876ae7e973d3",
+    "sims-3/label.csv":
+        "93a84bf3cdbcddc78e5f03a6a67f98103d29e151f422fb3da41e58f9b54fc08e",
+    "sims-3/demo.json":
+        "6da16110a1d067324a41b9cfd33379a7499357756317d5bcec79daaab3f0af75",
+    "mosei-5/label.csv":
+        "ec83aafb515ee407dff5dbc7a390a952b0113ec803b90d5e811ad7c1967304d2",
+    "mosei-5/demo.json":
+        "7de0321e5ffd20c55e6859db515f94d86850c4fbd16c7e6210304d7c710e7045",
+    "mosei-5/Raw/Transcript/Segmented/Combined/362369.txt":
+        "4e70274c0fa8e4124027cae3868fa2dbfec6fe173060519e765f8516a12cfe4c",
+}
+MEDIA_SHA256 = {
+    "mosi-7/Raw/YSNv_Dn2k2N/1.mp4":
+        "38462efae141a333fd2684e8aabc4306a56d127e3a5d615fe178a94020badf30",
+    "mosi-7/Raw/hcCcjG-DZ60/5.mp4":
+        "d5875cc61f083eb9a621531cf8999c3288e3d4acb8b7571580755d4b7c8aa167",
+    "sims-3/Raw/video_0001/0003.mp4":
+        "71621091ea6457cd857eae51ec8cb1bf99393751c249b3b83389584215afa60c",
+    "mosei-5/Raw/Videos/Full/Combined/362369.mp4":
+        "5c35c12dee73d52a95da6e78c635bd189e6fc23598a95b69c069111de64e3ce3",
+}
+MEDIA_ENCODER = ("18.1.0", (62, 28, 102))
+"""PyAV and libavcodec versions the media hashes were taken with; another encoder build writes other bytes."""
+
+
+@pytest.fixture(scope="module")
+def by_case(demos: dict[str, DemoDataset], corrupted: DemoDataset, full: DemoDataset) -> dict[str, Path]:
+    return {"mosi-7": demos["mosi"].root, "sims-3": corrupted.root, "mosei-5": full.root}
+
+
+def _sha256(by_case: dict[str, Path], name: str) -> str:
+    case, path = name.split("/", 1)
+    return hashlib.sha256((by_case[case] / path).read_bytes()).hexdigest()
+
+
+def test_same_seed_same_label_files_as_before_the_split(by_case: dict[str, Path]) -> None:
+    assert {name: _sha256(by_case, name) for name in TEXT_SHA256} == TEXT_SHA256
+
+
+@pytest.mark.skipif((av.__version__, av.library_versions["libavcodec"]) != MEDIA_ENCODER, reason="another encoder build")
+def test_same_seed_same_clips_as_before_the_split(by_case: dict[str, Path]) -> None:
+    assert {name: _sha256(by_case, name) for name in MEDIA_SHA256} == MEDIA_SHA256

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import time
 import wave
 from collections.abc import Iterator
@@ -22,8 +23,9 @@ from PIL import Image
 from pydantic import ValidationError
 
 from cotforge.dc import Polarity, Rationale, load_schema
-from cotforge.sim.server import SimConfig, SimProcess, parse_config
-from cotforge.sim.media import Visual, fit_cells, video_tokens
+from cotforge.sim.media import Visual, video_tokens
+from cotforge.sim.server import SimConfig, SimProcess
+from cotforge.teacher.headers import SIMULATOR_OWNER
 
 MODEL = "sim/qwen3-omni"
 SECRET = "sk-sim-test-3f9c1b7e-never-logged"
@@ -240,6 +242,25 @@ def test_wrong_model_is_not_found_and_models_lists_the_served_name(server: SimPr
     assert httpx.get(f"{server.root}/health", trust_env=False).status_code == 200
 
 
+def test_models_card_has_vllms_fields_and_marks_the_simulator(server: SimProcess) -> None:
+    [card] = httpx.get(f"{server.url}/models", trust_env=False).json()["data"]
+    assert card["id"] == card["root"] == MODEL and card["object"] == "model" and card["parent"] is None
+    assert card["owned_by"] == SIMULATOR_OWNER == "cotforge-teacher-sim"
+    assert card["max_model_len"] == 32768
+    [listed] = _client(server).models.list().data  # what cotforge's client reads, through the openai package
+    assert listed.owned_by == SIMULATOR_OWNER and (listed.model_extra or {})["max_model_len"] == 32768
+
+
+def test_nothing_in_the_pipeline_imports_the_simulator() -> None:
+    package = Path(__file__).resolve().parent.parent / "cotforge"
+    importers = [
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if path.parent.name not in ("sim", "cli") and re.search(r"cotforge\.sim\b|from cotforge import sim", path.read_text())
+    ]
+    assert importers == []
+
+
 def test_audio_part_beside_audio_in_video_exceeds_the_audio_limit(server: SimProcess, clip: bytes) -> None:
     with pytest.raises(openai.BadRequestError, match=r"At most 1 audio\(s\) may be provided in one prompt\."):
         _ask(_client(server), _with_audio_part(_body(clip)))
@@ -434,16 +455,9 @@ def test_loopback_hosts_are_accepted() -> None:
     assert [SimConfig(host=host).host for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1")]
 
 
-def test_flags_override_the_json_config() -> None:
-    cfg = parse_config(["--json-config", '{"seed": 3, "capacity": 2}', "--capacity", "8", "--rate-429", "0.1",
-                        "--no-trust-request-mm-kwargs", "--limit-mm-per-prompt", '{"video": 2, "audio": 2}'])
-    assert (cfg.seed, cfg.capacity, cfg.rate_429, cfg.trust_request_mm_kwargs) == (3, 8, 0.1, False)
-    assert cfg.limit_mm_per_prompt == {"video": 2, "audio": 2}
-
-
 @pytest.mark.parametrize(("width", "height", "cells"), [(640, 360, 220), (1280, 720, 720), (64, 64, 144)])
 def test_frame_cells_follow_qwen_resizing(width: int, height: int, cells: int) -> None:
-    assert fit_cells(width, height, (128, 768)) == cells
+    assert video_tokens(Visual(width=width, height=height, frames=2), fps=None, num_frames=None) == cells
 
 
 def test_video_tokens_of_a_ten_second_360p_clip() -> None:

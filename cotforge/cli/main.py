@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args, get_origin
 
 import typer
+from pydantic import BaseModel, ValidationError
+from rich.markup import escape
 
 from cotforge import __version__
 from cotforge.cli.common import DATASETS, err, fail, out
+from cotforge.sim.config import SimConfig
 
 app = typer.Typer(
     name="cotforge",
@@ -110,18 +115,69 @@ def demo(
     )
 
 
-@app.command(
-    "teacher-sim",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-)
-def teacher_sim(ctx: typer.Context) -> None:
-    """OpenAI-compatible teacher simulator on 127.0.0.1 for tests, demos and load tests (`teacher-sim --help`).
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON ({exc}); give an object, e.g. '{{\"video\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter("give a JSON object, e.g. '{\"video\": 1}'")
+    return value
 
-    It checks requests have the shape vLLM accepts, answers DC JSON around the gold label with a
-    noise model, models a GPU server (capacity, latency, queueing) and injects faults. Its model
-    names start with sim/: what it writes is never presented as a model's.
+
+def _model_options(model: type[BaseModel]) -> list[inspect.Parameter]:
+    """One keyword option per field of `model`: `latency_ms` is `--latency-ms`, a bool reads `--flag/--no-flag`,
+    a dict is given as JSON; help, default and help panel come from the field, and an option left out is None."""
+    parameters = []
+    for name, field in model.model_fields.items():
+        flag = name.replace("_", "-")
+        optional = get_args(field.annotation) if type(None) in get_args(field.annotation) else ()
+        kind = next((arg for arg in optional if arg is not type(None)), field.annotation)
+        as_json = get_origin(kind) is dict
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default is None else json.dumps(default) if as_json else default
+        if isinstance(default, float):
+            shown = f"{default:g}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        # Escaped: rich would read the bracketed default as markup (click's show_default would add parentheses).
+        option = typer.Option(
+            f"--{flag}/--no-{flag}" if kind is bool else f"--{flag}", help=escape(f"{field.description} [default: {shown}]"),
+            show_default=False, rich_help_panel=extra.get("panel"),
+            **({"parser": _json_object, "metavar": "JSON"} if as_json else {}),
+        )
+        annotation = Annotated[Optional[kind], option]
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    return parameters
+
+
+def teacher_sim(
+    config: Annotated[Optional[str], typer.Option(
+        "--config", "--json-config", metavar="FILE|JSON",
+        help="These settings as a YAML/JSON file or an inline JSON object; flags override it.",
+    )] = None,
+    **options: object,
+) -> None:
+    """OpenAI-compatible teacher simulator on 127.0.0.1 for tests, demos and load tests; never a model (names start sim/).
+
+    Checks requests as vLLM does, answers DC JSON around the gold label, takes a GPU server's time, fails as servers fail.
     """
-    from cotforge.sim.server import main as sim_main
+    from cotforge.config import format_validation_error, load_yaml
+    from cotforge.sim.server import serve
 
-    sim_main(list(ctx.args))
+    try:
+        inline = config is not None and config.lstrip().startswith("{")
+        data = _json_object(config) if inline else load_yaml(Path(config)) if config is not None else {}
+        cfg = SimConfig.model_validate({**data, **{name: value for name, value in options.items() if value is not None}})
+    except ValidationError as exc:
+        fail(format_validation_error(exc, "--config and the command-line options" if config else "the command-line options"))
+    except typer.BadParameter as exc:
+        fail(f"--config: {exc}")
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    serve(cfg)
 
+
+teacher_sim.__signature__ = inspect.Signature(
+    [inspect.signature(teacher_sim, eval_str=True).parameters["config"], *_model_options(SimConfig)]
+)
+app.command("teacher-sim")(teacher_sim)

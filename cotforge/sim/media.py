@@ -19,12 +19,11 @@ from urllib.parse import unquote, urlparse
 import av
 from PIL import Image, UnidentifiedImageError
 
-from cotforge.teacher.plan import QWEN3_OMNI, estimate_text_tokens
+from cotforge.teacher.plan import QWEN3_OMNI
 
-VIDEO_CELLS = (128, 768)
-"""Fewest and most cells per frame of a video: its pixel budget is [128, 768] x 32²."""
 IMAGE_CELLS = (4, 16384)
-"""The same for a still image, whose budget is far larger; frames sent as images cost about twice as much."""
+"""Fewest and most 32-px cells of a still image (a video frame's are [128, 768]): frames sent as images
+cost about twice as much as the same frames sent as a video."""
 DEFAULT_FPS = 2.0
 
 _DATA_URL = re.compile(r"data:(?P<mime>[^;,]*)(?:;[^;,]*)*?;base64,(?P<payload>.*)", re.DOTALL)
@@ -140,29 +139,21 @@ def _seconds(stream: av.stream.Stream, container: av.container.InputContainer) -
     return (container.duration or 0) / av.time_base
 
 
-def fit_cells(width: int, height: int, cells: tuple[int, int]) -> int:
-    """Merged tokens of one frame by Qwen3-Omni's `smart_resize` within a budget of `cells` 32-px cells
-    (the rule is `plan.OmniRules`; 640x360 -> 220, 1280x720 -> 720, 64x64 -> 144)."""
-    return QWEN3_OMNI.frame_cells(width, height, *cells)
-
-
 def video_tokens(video: Visual, fps: float | None, num_frames: int | None) -> int:
-    """Frames sampled at `fps` (or exactly `num_frames`), merged two by two in time: groups x cells per frame."""
+    """Frames sampled at `fps` (or exactly `num_frames`), merged two by two in time: groups x cells per frame
+    (Qwen3-Omni's `smart_resize` within the video budget: 640x360 -> 220 a group, 1280x720 -> 720, 64x64 -> 144)."""
     if video.frames is not None:
         frames = video.frames
     elif num_frames is not None:
         frames = num_frames
     else:
         frames = max(1, round(video.seconds * (fps or DEFAULT_FPS)))
-    return math.ceil(frames / 2) * fit_cells(video.width, video.height, VIDEO_CELLS)
+    return math.ceil(frames / QWEN3_OMNI.temporal) * QWEN3_OMNI.frame_cells(video.width, video.height)
 
 
 def image_tokens(width: int, height: int) -> int:
-    return fit_cells(width, height, IMAGE_CELLS)
+    return QWEN3_OMNI.frame_cells(width, height, *IMAGE_CELLS)
 
 
 def audio_tokens(seconds: float) -> int:
     return max(1, QWEN3_OMNI.audio_tokens(seconds))
-
-
-text_tokens = estimate_text_tokens

@@ -27,9 +27,9 @@ from cotforge.sim.media import (
     probe_video,
     read_local,
     split_data_url,
-    text_tokens,
     video_tokens,
 )
+from cotforge.teacher.plan import estimate_text_tokens
 
 REMOVED_FIELDS = (
     "guided_json",
@@ -291,7 +291,7 @@ def _video_item(mime: str, size: int, video: Visual, options: MediaOptions) -> M
 
 
 def _prompt_tokens(messages: int, texts: list[str], media: tuple[MediaItem, ...], use_audio_in_video: bool) -> int:
-    tokens = messages * MESSAGE_TOKENS + GENERATION_PROMPT_TOKENS + sum(text_tokens(text) for text in texts)
+    tokens = messages * MESSAGE_TOKENS + GENERATION_PROMPT_TOKENS + sum(estimate_text_tokens(text) for text in texts)
     for item in media:
         tokens += item.tokens + MEDIA_MARKER_TOKENS
         if use_audio_in_video and item.track_seconds is not None:

@@ -18,6 +18,7 @@ import openai
 
 from cotforge.config import TeacherConfig
 from cotforge.stats import Stats
+from cotforge.teacher.headers import SIMULATOR_OWNER
 from cotforge.types import TeacherResponse
 from cotforge.teacher.request import split_body
 
@@ -27,10 +28,6 @@ MM_KWARGS_FIX = (
     "start vLLM with --trust-request-mm-kwargs, or set teacher.mm_kwargs=server and start it with "
     "--mm-processor-kwargs '{\"use_audio_in_video\": true}' --media-io-kwargs '{\"video\": {\"fps\": 2}}'"
 )
-
-
-SIMULATOR_OWNER = "cotforge-sim"
-"""What `cotforge teacher-sim` answers as `owned_by` in /v1/models: how cotforge knows it talks to the simulator."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from cotforge.config import TeacherConfig
 from cotforge.resources import load_schema
+from cotforge.teacher.headers import GOLD_HEADER, HINT_HEADER, KEY_HEADER, LANGUAGE_HEADER, RANGE_HEADER
 from cotforge.teacher.media import data_url, mux_mp4, wav_bytes
 from cotforge.teacher.prompts import prompt_version, render_teacher
 from cotforge.types import Scale
@@ -88,13 +89,13 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     headers = {}
     if cfg.simulated:
         headers = {
-            "X-Cotforge-Key": row["key"],
-            "X-Cotforge-Gold": repr(float(row["label"])),
-            "X-Cotforge-Range": f"{scale.low:g},{scale.high:g}",
-            "X-Cotforge-Language": row["language"],
+            KEY_HEADER: row["key"],
+            GOLD_HEADER: repr(float(row["label"])),
+            RANGE_HEADER: f"{scale.low:g},{scale.high:g}",
+            LANGUAGE_HEADER: row["language"],
         }
         if hint:
-            headers["X-Cotforge-Hint"] = hint
+            headers[HINT_HEADER] = hint
     return TeacherRequest(
         clip_key=row["key"],
         cache_key=hashlib.sha256(canonical.encode()).hexdigest(),
