@@ -4,6 +4,9 @@
 are added to the one app here.
 """
 
+from cotforge.cli import review as _review
 from cotforge.cli.main import app
+
+app.add_typer(_review.app, name="review")
 
 __all__ = ["app"]
