@@ -36,10 +36,20 @@ RATIONALE = pa.struct(
     ]
 )
 RULE = pa.struct([("name", pa.string()), ("passed", pa.bool_()), ("reason", pa.string())])
+# Null until `cotforge review apply`: the latest valid annotation's answers, and every annotation kept.
 REVIEW = pa.struct(
     [
-        ("verdict", pa.string()), ("target", pa.string()), ("polarity", pa.string()), ("score", pa.float64()),
-        ("rating", pa.int32()), ("reviewer", pa.string()), ("reviewed_at", pa.string()),
+        ("verdict", pa.string()), ("edited", pa.bool_()), ("discrimination", pa.string()), ("calibration", pa.string()),
+        ("rationale", RATIONALE), ("teacher_target", pa.string()), ("rating", pa.int32()), ("polarity", pa.string()),
+        ("score", pa.float64()), ("comment", pa.string()), ("reviewer", pa.string()), ("reviewed_at", pa.string()),
+        ("task_id", pa.int64()),
+        ("annotations", pa.list_(pa.struct([
+            ("annotation_id", pa.int64()), ("task_id", pa.int64()), ("reviewer", pa.string()),
+            ("reviewed_at", pa.string()), ("cancelled", pa.bool_()), ("verdict", pa.string()),
+            ("discrimination", pa.string()), ("calibration", pa.string()), ("rating", pa.int32()),
+            ("polarity", pa.string()), ("score", pa.float64()), ("comment", pa.string()), ("lead_time", pa.float64()),
+            ("problem", pa.string()),
+        ]))),
     ]
 )
 # Columns a shard row copies from the clip's bundle row unchanged (types from BUNDLE_SCHEMA).
