@@ -165,7 +165,8 @@ class LocalExecutor:
                     pool.warm(media_ready)  # workers start while the server answers the preflight
             client = None
             if teach:
-                client = make_teacher(cfg.teacher)
+                spent = self.run_dir.totals("teacher")
+                client = make_teacher(cfg.teacher, spent["requests"], spent["prompt_tokens"] + spent["completion_tokens"])
                 await stack.enter_async_context(client)
                 # a wrong URL or model costs seconds, not a decode pass: the server answers before any work
                 await client.preflight()
@@ -184,7 +185,7 @@ class LocalExecutor:
                 books.retarget(cfg.teacher.splits, cfg.judge_fingerprint())
                 waiting, total = books.waiting()
                 teacher_task = progress.add_task("teacher", total=total, info="")
-                limit = cfg.teacher.concurrency + 2 * cfg.teacher.media_workers
+                limit = cfg.teacher.concurrency * max(1, len(cfg.teacher.endpoints)) + 2 * cfg.teacher.media_workers
                 queue = asyncio.Queue(maxsize=max(2, cfg.teacher.concurrency))
                 consumers = [asyncio.create_task(self._teach(step, client, books, queue, progress, teacher_task)) for _ in range(limit)]
                 producers.append(asyncio.create_task(self._feed(_iterate(waiting), queue)))
