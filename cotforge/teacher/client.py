@@ -23,9 +23,12 @@ from cotforge.teacher.request import split_body
 
 PREFLIGHT_TIMEOUT_S = 8.0
 MAX_BACKOFF_S = 30.0
+# Server-wide use_audio_in_video (--mm-processor-kwargs) does not work: vLLM 0.32 then fails every
+# video (StopIteration in Qwen2_5OmniProcessor, and its start-up profiling the same way), so the
+# way round a server without the trust flag is video and audio as separate parts.
 MM_KWARGS_FIX = (
-    "start vLLM with --trust-request-mm-kwargs, or set teacher.mm_kwargs=server and start it with "
-    "--mm-processor-kwargs '{\"use_audio_in_video\": true}' --media-io-kwargs '{\"video\": {\"fps\": 2}}'"
+    "start vLLM with --trust-request-mm-kwargs, or set teacher.mm_kwargs=server and teacher.media_mode=separate "
+    "and start it with --media-io-kwargs '{\"video\": {\"fps\": 2}}'"
 )
 
 
@@ -143,16 +146,13 @@ class TeacherClient:
                 message = _message(err)
                 if "mm_processor_kwargs" in message or "media_io_kwargs" in message:
                     raise TeacherUnavailable(f"the teacher at {self.cfg.url} refuses per-request media options ({message}); {MM_KWARGS_FIX}") from None
-                if "allowed-local-media-path" in message:
-                    raise TeacherUnavailable(
-                        f"the teacher at {self.cfg.url} cannot read teacher.media_dir={self.cfg.media_dir} ({message}); start "
-                        "vLLM with --allowed-local-media-path covering that folder on a filesystem it shares, or unset teacher.media_dir"
-                    ) from None
+                self._check_media_dir(message)
                 self.stats.failures["400"] += 1
                 raise TeacherCallError(f"teacher refused the request (400): {message}") from None
             except openai.NotFoundError as err:
                 raise TeacherUnavailable(f"the teacher at {self.cfg.url} answered 404: {_message(err)}") from None
             except openai.APIError as err:
+                self._check_media_dir(_message(err))  # a server without the flag at all answers 500, not 400
                 kind = _retry_kind(err)
                 if kind is None:
                     self.stats.failures[type(err).__name__] += 1
@@ -171,6 +171,13 @@ class TeacherClient:
             finally:
                 self.stats.in_flight -= 1
             return self._response(completion, time.perf_counter() - began)
+
+    def _check_media_dir(self, message: str) -> None:
+        if "allowed-local-media-path" in message:
+            raise TeacherUnavailable(
+                f"the teacher at {self.cfg.url} cannot read teacher.media_dir={self.cfg.media_dir} ({message}); start "
+                "vLLM with --allowed-local-media-path covering that folder on a filesystem it shares, or unset teacher.media_dir"
+            ) from None
 
     def _check_alive(self, kind: str) -> None:
         if kind in ("connection", "timeout") and time.monotonic() - self._last_success > max(60.0, 2 * self.cfg.timeout_s):
