@@ -318,7 +318,7 @@ def report(
 def plan(
     run: Annotated[Path, typer.Option("--run", help="Run directory with bundles.")],
     model: Annotated[Optional[str], config_option("teacher.model", "--model")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="Local folder of the teacher's tokenizer (needs transformers); else an estimate.")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="The teacher model's local folder (tokenizer + chat template; needs transformers): exact prompt tokens; else an estimate.")] = None,
     max_model_len: Annotated[Optional[int], config_option("teacher.max_model_len", "--max-model-len")] = None,
     prefill_tps: Annotated[float, typer.Option(help="Server prompt throughput, tokens/s (measure with `vllm bench serve`).")] = 4000.0,
     decode_tps: Annotated[float, typer.Option(help="Server generation throughput, tokens/s, all sequences together.")] = 1000.0,
@@ -328,20 +328,15 @@ def plan(
     from cotforge.steps.plan import run_plan
     from cotforge.store.run import RunError
 
+    from cotforge.teacher.plan import PromptCounter
+
     cfg = load_config(None, run, set_ or [], {"teacher.model": model, "teacher.max_model_len": max_model_len})
-    count = None
-    if tokenizer is not None:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            fail("--tokenizer needs transformers: pip install -e '.[train]'")
-        tok = AutoTokenizer.from_pretrained(str(tokenizer))
-
-        def count(text: str) -> int:
-            return len(tok(text)["input_ids"])
-
     try:
-        result = run_plan(cfg, run, count)
+        counter = PromptCounter.load(cfg.teacher.model, tokenizer)
+    except (ImportError, ValueError, OSError) as exc:
+        fail(f"--tokenizer: {exc}")
+    try:
+        result = run_plan(cfg, run, counter)
     except RunError as exc:
         fail(str(exc))
     if not result.clips:

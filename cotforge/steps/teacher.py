@@ -25,7 +25,7 @@ from cotforge.config import ReaskConfig, TeacherConfig
 from cotforge.dc import ParseResult, parse_teacher
 from cotforge.steps.base import AsyncStep
 from cotforge.teacher.client import TeacherBudgetReached, TeacherCallError, TeacherUnavailable
-from cotforge.teacher.plan import estimate_text_tokens, plan_clip, rules_for
+from cotforge.teacher.plan import PromptCounter
 from cotforge.teacher.request import ClipMedia, build_request, materialize
 from cotforge.types import ClipState, TeacherResponse, reason_kind
 from cotforge.validate import ValidateConfig, Verdict, pick_best, validate
@@ -118,7 +118,7 @@ class TeacherStep(AsyncStep):
         self.client = client
         self.cache = cache
         self.run_media = run_media
-        self.rules = rules_for(teacher.model)
+        self.counter = PromptCounter.load(teacher.model)
         self.cap = reask.request_cap(teacher.n)
 
     async def _fetch(self, row: dict[str, Any], hint: str | None, attempt: int) -> tuple[str, str, TeacherResponse]:
@@ -127,7 +127,7 @@ class TeacherStep(AsyncStep):
         if cached is not None:
             self.stats.inc("cache_hits")
             return request.cache_key, request.prompt_version, cached
-        self._check_budget(row)
+        self._check_budget(row, request.body)
         media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
         try:
             body = await self.run_media(materialize, request.body, media, self.teacher.video_codec, self.teacher.media_dir)
@@ -140,12 +140,12 @@ class TeacherStep(AsyncStep):
         self.cache.put(request.cache_key, row["key"], request.prompt_version, hint is not None, response)
         return request.cache_key, request.prompt_version, response
 
-    def _check_budget(self, row: dict[str, Any]) -> None:
+    def _check_budget(self, row: dict[str, Any], body: dict[str, Any]) -> None:
         """A clip too long for the server's context fails before it is paid for, naming the budget."""
         budget = self.teacher.max_model_len
         if not budget:
             return
-        prompt = plan_clip(row, self.rules, self.validator.scale, estimate_text_tokens).prompt_tokens
+        prompt = self.counter.clip(row, body, self.teacher.video_codec).prompt_tokens
         if prompt + self.teacher.max_tokens > budget:
             raise TeacherCallError(
                 f"over the context budget: about {prompt:,} prompt + {self.teacher.max_tokens:,} completion tokens > "

@@ -28,9 +28,12 @@ from cotforge.teacher.request import split_body
 
 PREFLIGHT_TIMEOUT_S = 8.0
 MAX_BACKOFF_S = 30.0
+# Server-wide use_audio_in_video (--mm-processor-kwargs) does not work: vLLM 0.32 then fails every
+# video (StopIteration in Qwen2_5OmniProcessor, and its start-up profiling the same way), so the
+# way round a server without the trust flag is video and audio as separate parts.
 MM_KWARGS_FIX = (
-    "start vLLM with --trust-request-mm-kwargs, or set teacher.mm_kwargs=server and start it with "
-    "--mm-processor-kwargs '{\"use_audio_in_video\": true}' --media-io-kwargs '{\"video\": {\"fps\": 2}}'"
+    "start vLLM with --trust-request-mm-kwargs, or set teacher.mm_kwargs=server and teacher.media_mode=separate "
+    "and start it with --media-io-kwargs '{\"video\": {\"fps\": 2}}'"
 )
 
 
@@ -258,6 +261,8 @@ class TeacherClient:
                 except openai.NotFoundError as err:
                     raise TeacherUnavailable(f"the teacher at {endpoint.url} answered 404: {_message(err)}") from None
                 except openai.APIError as err:
+                    if "allowed-local-media-path" in _message(err):  # a server without the flag at all answers 500, not 400
+                        raise self._refused(endpoint, err) from None
                     kind = _retry_kind(err)
                     if kind is None:
                         endpoint.answered()
@@ -311,7 +316,7 @@ class TeacherClient:
         await asyncio.gather(call, return_exceptions=True)
         raise _Stalled
 
-    def _refused(self, endpoint: Endpoint, err: openai.BadRequestError) -> Exception:
+    def _refused(self, endpoint: Endpoint, err: openai.APIStatusError) -> Exception:
         message = _message(err)
         if "mm_processor_kwargs" in message or "media_io_kwargs" in message:
             return TeacherUnavailable(f"the teacher at {endpoint.url} refuses per-request media options ({message}); {MM_KWARGS_FIX}")
