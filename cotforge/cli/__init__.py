@@ -4,6 +4,10 @@
 are added to the one app here.
 """
 
+from cotforge.cli import train as _train
 from cotforge.cli.main import app
+
+app.add_typer(_train.app, name="train")
+app.command("eval")(_train.eval_command)
 
 __all__ = ["app"]
