@@ -26,18 +26,20 @@ from cotforge.train.data import (
 from cotforge.types import MOSI_SCALE
 
 
-def _review(verdict: str, target: str | None = None) -> dict:
-    return {"verdict": verdict, "target": target, "polarity": None, "score": None, "rating": 4, "reviewer": "r",
-            "reviewed_at": "2026-01-01T00:00:00Z"}
+def _review(verdict: str, teacher_target: str, edited: bool = False) -> dict:
+    """A `review` value as `cotforge review apply` writes it (store.shards.REVIEW)."""
+    return {"verdict": verdict, "edited": edited, "teacher_target": teacher_target, "polarity": None, "score": None,
+            "rating": 4, "reviewer": "r", "reviewed_at": "2026-01-01T00:00:00Z"}
 
 
 def _reviewed_shards(run: Path) -> Path:
     rows = [
         corpus_row("mosi/v/1", "fine", 1.0, "teacher 1"),
-        corpus_row("mosi/v/2", "good", 2.0, "teacher 2", review=_review("accept")),
-        corpus_row("mosi/v/3", "bad", -2.0, "teacher 3", review=_review("edit", "edited 3")),
-        corpus_row("mosi/v/4", "meh", 0.0, "teacher 4", review=_review("reject")),
-        corpus_row("mosi/v/5", "odd", 0.5, "teacher 5", review=_review("edit")),
+        corpus_row("mosi/v/2", "good", 2.0, "teacher 2", review=_review("accept", "teacher 2")),
+        # apply wrote the edit into the reviewed copy's target, the teacher's stays in the review
+        corpus_row("mosi/v/3", "bad", -2.0, "edited 3", review=_review("edit", "teacher 3", edited=True)),
+        corpus_row("mosi/v/4", "meh", 0.0, "teacher 4", review=_review("reject", "teacher 4")),
+        corpus_row("mosi/v/5", "odd", 0.5, "teacher 5", review=_review("edit", "teacher 5")),
     ]
     return write_shards(run, rows)
 
@@ -79,18 +81,23 @@ def test_eval_refuses_label_filtered_shards(demo_run: Path) -> None:
             open_eval_split(path, "test")
 
 
-def test_eval_reads_every_bundled_clip_of_the_split_not_only_accepted_ones(demo_run: Path) -> None:
+def test_eval_reads_every_bundled_clip_of_the_split_not_only_accepted_ones(demo_run: Path, tmp_path: Path) -> None:
+    import shutil
+
     from cotforge.store.ledger import Ledger
 
-    corpus = open_eval_split(demo_run, "test")
     with Ledger(demo_run / "ledger.sqlite") as ledger:
         bundled = {key for key, part in ledger.bundle_locations().items() if part}
-        states = dict(ledger.db.execute("SELECT key, state FROM clips WHERE split = 'test'"))
-    keys = set(corpus.dataset["key"])
-    assert keys == {key for key in states if key in bundled}
-    accepted = set(pq.read_table(demo_run / "shards" / "test").column("key").to_pylist())
-    assert accepted <= keys
-    assert corpus.source == demo_run / "bundles"
+        states = dict(ledger.db.execute("SELECT key, state FROM clips WHERE split = 'valid'"))
+    expected = {key for key in states if key in bundled}
+    accepted = set(pq.read_table(demo_run / "shards" / "valid").column("key").to_pylist())
+    corpus = open_eval_split(demo_run, "valid")  # RUN/eval/valid, written by export
+    assert set(corpus.dataset["key"]) == expected and accepted <= expected
+    # a run exported before eval sets existed: the run's bundles of the split, still unfiltered
+    older = tmp_path / "run"
+    shutil.copytree(demo_run, older, ignore=shutil.ignore_patterns("eval"))
+    fallback = open_eval_split(older, "valid")
+    assert set(fallback.dataset["key"]) == expected and fallback.source == older / "bundles"
 
 
 def test_eval_prefers_the_runs_eval_folder(demo_run: Path, tmp_path: Path) -> None:

@@ -59,8 +59,9 @@ class MediaSpec:
 
 @dataclass(frozen=True, slots=True)
 class ReviewPolicy:
-    """What a human review does to a row: `edits` lets an edited target replace the teacher's, and
-    `drop_rejected` drops rejected rows (else they are trained on as exported)."""
+    """What a human review does to a row: `edits` trains on a reviewer's edited target (else on the
+    teacher's, kept in review.teacher_target), and `drop_rejected` drops rejected rows (else they are
+    trained on as exported)."""
 
     edits: bool = True
     drop_rejected: bool = True
@@ -194,10 +195,13 @@ def _apply_reviews(table: pa.Table, policy: ReviewPolicy) -> tuple[list[int], li
                 continue
             stats.rejected_kept += 1
         elif verdict == "edit":
-            text = (review or {}).get("target")
-            if text and policy.edits:
-                targets[index] = text
+            # `cotforge review apply` writes the edited target into the reviewed copy's `target` and keeps
+            # the teacher's in review.teacher_target
+            if review.get("edited") and policy.edits:
                 stats.edited += 1
+            elif review.get("edited"):
+                targets[index] = review.get("teacher_target") or targets[index]
+                stats.edit_without_text += 1
             else:
                 stats.edit_without_text += 1
         elif verdict == "accept":
