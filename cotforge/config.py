@@ -53,6 +53,10 @@ class SourceConfig(Section):
         default=None, description="allowed gold label range; default by dataset ([-3, 3] or [-1, 1])"
     )
     language: str | None = Field(default=None, description="language of the transcripts; default by dataset")
+    allow_outside_root: bool = Field(
+        default=False,
+        description="let label rows point at media outside the dataset root (symlinks resolved); off, such a row fails",
+    )
     scale_like: Literal["mosi", "sims"] | None = Field(
         default=None,
         description="manifest corpora: whose MMSA polarity buckets and metrics to use (default: mosi for a range "

@@ -279,7 +279,7 @@ def test_offline_backend_runs_the_same_requests(model_dir: Path, rows: list[dict
     chosen = [row for row in rows if row["frame_fps"] == 2.0][:3]  # the engine keeps every frame; so does the server at 2 fps
     shapes = [
         ({}, None),
-        ({"media_mode": "separate", "structured": "structured_outputs", "samples": 2}, None),
+        ({"media_mode": "separate", "structured": "structured_outputs", "n": 2}, None),
         ({}, media_dir),
     ]
     bodies, jobs = [], []
@@ -324,7 +324,7 @@ def test_every_request_shape_is_served_and_plan_counts_it_exactly(servers: Serve
         Shape("video_audio h264 response_format", all_rows=True),
         Shape("video_audio mjpeg response_format", {"video_codec": "mjpeg"}, all_rows=True),
         Shape("separate h264 structured_outputs", {"media_mode": "separate", "structured": "structured_outputs"}),
-        Shape("n=2 samples", {"samples": 2}),
+        Shape("n=2 samples", {"n": 2}),
         Shape("hinted re-ask (attempt 1)", hint="positive", attempt=1),
         Shape("media_dir file:// URL", {"media_dir": servers.media_dir}),
     ]
@@ -334,12 +334,12 @@ def test_every_request_shape_is_served_and_plan_counts_it_exactly(servers: Serve
         began = time.monotonic()
         done, client = asyncio.run(ask_all(cfg, shape, rows if shape.all_rows else rows[::2], cfg.media_dir))
         print(f"{shape.name}: {len(done)} requests in {time.monotonic() - began:.1f} s")
-        assert not client.stats.retries and not client.stats.failures, (client.stats, [o.status for o in done])
+        assert not client.stats.group("retries") and not client.stats.group("failures"), (client.stats, [o.status for o in done])
         outcomes += done
     # server-side media options (teacher.mm_kwargs=server): only with video and audio apart, see client.MM_KWARGS_FIX
     shape = Shape("mm_kwargs=server separate (plain server)", {"mm_kwargs": "server", "media_mode": "separate"})
     done, client = asyncio.run(ask_all(teacher_cfg(servers.plain.url, **shape.overrides), shape, rows, None))
-    assert not client.stats.retries and not client.stats.failures, [o.status for o in done]
+    assert not client.stats.group("retries") and not client.stats.group("failures"), [o.status for o in done]
     outcomes += done
 
     planned = plan_tokens(model_dir, [(o.row, o.body, o.codec) for o in outcomes])
@@ -398,7 +398,7 @@ def test_the_error_texts_the_client_matches_come_from_the_real_server(servers: S
                     await client.preflight()
                 await client.ask(body)
             finally:
-                assert not client.stats.retries  # every one of these is final: none is retried
+                assert not client.stats.group("retries")  # every one of these is final: none is retried
         return client
 
     trusted, plain = servers.trusted.url, servers.plain.url

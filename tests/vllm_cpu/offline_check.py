@@ -32,7 +32,7 @@ async def main(model: Path, bodies: list[dict], media_dir: Path | None) -> list[
     async with OfflineTeacher(cfg, ENGINE) as teacher:
         await teacher.preflight()
         responses = await asyncio.gather(*(teacher.ask(body) for body in bodies), return_exceptions=True)
-        stats = {"requests": teacher.stats.requests, "succeeded": teacher.stats.succeeded}
+        stats = {"requests": teacher.stats["requests"], "succeeded": teacher.stats["succeeded"]}
     return [
         {"error": f"{type(r).__name__}: {r}"} if isinstance(r, BaseException) else
         {"contents": r.contents, "finish_reasons": r.finish_reasons, "prompt_tokens": r.prompt_tokens, "stats": stats}
