@@ -232,3 +232,83 @@ def test_paths_stay_inside_the_dataset(tmp_path: Path) -> None:
     assert [r.error.split(":")[0] for r in bad] == ["path outside the dataset root"] * 3
     zero = list(ReadStep(SourceConfig(dataset="manifest", root=manifest, allow_outside_root=True)).run())[2]
     assert zero.error == "not a regular file: /dev/zero"
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cotforge.cli", *args], capture_output=True, text=True, **kwargs)
+
+
+def test_read_only_commands_work_on_a_read_only_run_and_writers_say_why_in_one_line(demo, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = _cli("bundle", "--root", str(demo.root), "--run", str(run), "-q")
+    assert done.returncode == 0, done.stderr
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("this machine does not allow a private read-only mount (unshare -m)")
+    python = sys.executable
+    script = (
+        f"mount --bind {run} {run} && mount -o remount,ro,bind {run} && "
+        f"{python} -m cotforge.cli status --run {run} --json > {tmp_path}/status.json && "
+        f"{python} -m cotforge.cli plan --run {run} > {tmp_path}/plan.txt && "
+        f"{python} -m cotforge.cli bundle --root {demo.root} --run {run} -q --retry-failed 2> {tmp_path}/bundle.err; "
+        f"echo $? > {tmp_path}/bundle.rc"
+    )
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "status.json").read_text())["total"] == 10
+    assert "prompt tok / clip" in (tmp_path / "plan.txt").read_text()
+    error = (tmp_path / "bundle.err").read_text()
+    assert (tmp_path / "bundle.rc").read_text().strip() == "2" and "Traceback" not in error
+    assert error.startswith("error: cannot write ") and "ledger.sqlite" in error and "read-only file system" in error, error
+
+
+def test_a_full_disk_stops_with_one_line_and_the_resume_is_whole(demo, tmp_path: Path) -> None:
+    import resource
+
+    run = tmp_path / "run"
+
+    def small_disk() -> None:  # writes beyond 64 KiB fail as on a full disk (EFBIG instead of ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    full = _cli("bundle", "--root", str(demo.root), "--run", str(run), "-q", "--set", "exec.bundle_part_rows=2",
+                preexec_fn=small_disk)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert full.stderr.startswith("error: cannot write ") and "re-run the same command" in full.stderr
+    assert len(full.stderr.strip().splitlines()) <= 3
+    again = _cli("bundle", "--root", str(demo.root), "--run", str(run), "-q", "--set", "exec.bundle_part_rows=2")
+    assert again.returncode == 0, again.stderr
+    status = json.loads(_cli("status", "--run", str(run), "--json").stdout)
+    assert status["total"] == 10 and status["states"]["failed"] == 1 and status["states"]["pending"] == 0
+
+
+@pytest.mark.slow
+def test_chaos_ten_kills_at_random_moments_then_the_same_shards(demo, reference, tmp_path: Path) -> None:
+    """10 runs SIGKILLed at random moments, resumed each time: the final shards equal an uninterrupted
+    run's, and no request is answered twice unless it was in flight at a kill."""
+    import random
+
+    rng = random.Random(1234)
+    run = tmp_path / "run"
+    log = tmp_path / "sim.jsonl"
+    kills = 0
+    with SimProcess(SimConfig(port=0, seed=9, latency_ms=150, capacity=4, log_path=log)) as sim:
+        cfg = config(demo.root, run, sim.url)
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(cfg.public_dump()))
+        command = [sys.executable, "-m", "cotforge.cli", "run", str(path), "--run", str(run), "-q"]
+        for _ in range(10):
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.5, 6.0))
+            if proc.poll() is None:
+                proc.kill()
+                kills += 1
+            proc.wait()
+        final = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert final.returncode == 0, final.stderr[-2000:]
+    assert kills >= 5, "most runs must be killed mid-way for this test to mean anything"
+    assert shard_rows(run) == reference
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    repeats = sum(1 for r in records if r["status"] == 200 and r["attempt"] > 0)
+    assert repeats <= kills * cfg.teacher.concurrency, (repeats, kills)
+    assert counts(run)["pending"] == counts(run)["bundled"] == 0

@@ -304,13 +304,10 @@ def report(
 ) -> None:
     """Write RUN/report/ (summary.md + plots) for any run, whichever commands made it."""
     from cotforge.report import write_report
-    from cotforge.store.run import RunError
 
     cfg = load_config(None, run, set_ or [])
-    try:
+    with stage_exits():
         summary = write_report(cfg, run)
-    except RunError as exc:
-        fail(str(exc))
     out.print(f"report: {summary}")
 
 
