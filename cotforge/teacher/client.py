@@ -33,7 +33,7 @@ MAX_BACKOFF_S = 30.0
 # way round a server without the trust flag is video and audio as separate parts.
 MM_KWARGS_FIX = (
     "start vLLM with --trust-request-mm-kwargs, or set teacher.mm_kwargs=server and teacher.media_mode=separate "
-    "and start it with --media-io-kwargs '{\"video\": {\"fps\": 2}}'"
+    "and start it with --media-io-kwargs '{\"video\": {\"num_frames\": -1}}'"
 )
 
 

@@ -89,7 +89,9 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     if cfg.mm_kwargs == "request":
         if cfg.media_mode == "video_audio":
             body["mm_processor_kwargs"] = {"use_audio_in_video": True}
-        body["media_io_kwargs"] = {"video": {"fps": round(float(row["frame_fps"]), 4)}}
+        # every frame of the MP4 (it holds exactly the bundle's frames, at their rate): a requested fps makes
+        # vLLM resample, and a rounded fps silently drops frames (seen on a real server: 32 sent, 30 seen)
+        body["media_io_kwargs"] = {"video": {"num_frames": -1}}
     canonical = json.dumps({"body": body, "codec": cfg.video_codec}, sort_keys=True, ensure_ascii=False)
     headers = {}
     if cfg.simulated:
