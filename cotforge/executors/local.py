@@ -33,7 +33,7 @@ from cotforge.store.run import RunDir, RunError
 from cotforge.teacher.backend import make_teacher
 from cotforge.teacher.client import ServedModel, TeacherBudgetReached
 from cotforge.teacher.request import ready as media_ready
-from cotforge.types import Bundle, ClipFailure, ClipRef, ClipState
+from cotforge.types import Bundle, ClipFailure, ClipRef
 from cotforge.validate import ValidateConfig
 
 _END = object()

@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cotforge.train import ConfigError, require_train_extra
+from cotforge.train import require_train_extra
 from cotforge.train.config import HintGRPOConfig
-from cotforge.train.data import Corpus, MediaSpec, decode_media, open_shards, prompt_messages
-from cotforge.train.models import Student, load_student, lora_config, save_student
-from cotforge.train.sft import fit_audio_window, run_meta
+from cotforge.train.data import Corpus, MediaSpec, decode_media, prompt_messages
+from cotforge.train.models import Student, save_student
+from cotforge.train.sft import prepare, run_meta
 from cotforge.types import Scale
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,9 @@ def build_grpo_trainer(cfg: HintGRPOConfig, student: Student | None = None, call
     from cotforge.train.hint_grpo import HintGRPOTrainer
     from cotforge.train.rewards import dc_rewards
 
-    if not cfg.shards:
-        raise ConfigError("no corpus: set shards (--shards RUN/shards)")
-    corpus = open_shards(Path(cfg.shards), cfg.split, cfg.review_policy(), cfg.text_only, cfg.max_samples)
-    if student is None:
-        if not cfg.model_name_or_path:
-            raise ConfigError("no student: set model_name_or_path (--model)")
-        student = load_student(cfg.model_name_or_path, cfg.text_only, cfg.model_init_kwargs)
+    corpus, student, chunk, peft = prepare(cfg, student)
     log.info("%s on %d %s rows of %s (%s student, G=%d)", "Hint-GRPO" if cfg.hint else "GRPO", len(corpus), corpus.split,
              corpus.source, "omni" if student.omni else "text-only", cfg.num_generations)
-    chunk = fit_audio_window(student, corpus, cfg.audio_chunk_seconds)
-    peft = lora_config(cfg.lora_target_modules, student.omni, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if cfg.lora else None
     trainer = HintGRPOTrainer(
         model=student.model, reward_funcs=dc_rewards(corpus.scale, cfg.reward_require_format), args=cfg,
         train_dataset=grpo_dataset(corpus, cfg.media_spec(student.meta.get("media")), student.omni), processing_class=student.processing_class,

@@ -46,13 +46,9 @@ def run_meta(stage: str, cfg: Any, corpus: Corpus, student: Student, chunk: int 
     }
 
 
-def build_sft_trainer(cfg: SFTTrainConfig, student: Student | None = None) -> tuple[Any, Student, Corpus, int | None]:
-    """The SFTTrainer for a config (a student given in code is used as is, else loaded from the config)."""
-    require_train_extra()
-    from trl import SFTTrainer
-
-    from cotforge.train.collate import OmniSFTCollator
-
+def prepare(cfg: Any, student: Student | None) -> tuple[Corpus, Student, int | None, Any]:
+    """What every trainer starts from: the corpus, the student (given, or loaded from the config), the audio
+    window fitted to the data, and the LoRA config when asked."""
     if not cfg.shards:
         raise ConfigError("no corpus: set shards (--shards RUN/shards)")
     corpus = open_shards(Path(cfg.shards), cfg.split, cfg.review_policy(), cfg.text_only, cfg.max_samples)
@@ -60,9 +56,20 @@ def build_sft_trainer(cfg: SFTTrainConfig, student: Student | None = None) -> tu
         if not cfg.model_name_or_path:
             raise ConfigError("no student: set model_name_or_path (--model)")
         student = load_student(cfg.model_name_or_path, cfg.text_only, cfg.model_init_kwargs)
-    log.info("SFT on %d %s rows of %s (%s student)", len(corpus), corpus.split, corpus.source, "omni" if student.omni else "text-only")
     chunk = fit_audio_window(student, corpus, cfg.audio_chunk_seconds)
     peft = lora_config(cfg.lora_target_modules, student.omni, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if cfg.lora else None
+    return corpus, student, chunk, peft
+
+
+def build_sft_trainer(cfg: SFTTrainConfig, student: Student | None = None) -> tuple[Any, Student, Corpus, int | None]:
+    """The SFTTrainer for a config (a student given in code is used as is, else loaded from the config)."""
+    require_train_extra()
+    from trl import SFTTrainer
+
+    from cotforge.train.collate import OmniSFTCollator
+
+    corpus, student, chunk, peft = prepare(cfg, student)
+    log.info("SFT on %d %s rows of %s (%s student)", len(corpus), corpus.split, corpus.source, "omni" if student.omni else "text-only")
     if student.omni:
         cfg.dataset_kwargs = {**(cfg.dataset_kwargs or {}), "skip_prepare_dataset": True}
         cfg.remove_unused_columns = False
