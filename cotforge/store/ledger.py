@@ -80,9 +80,17 @@ def where_not_writable(folder: Path) -> str:
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
-    """A connection that never writes: it works on a read-only folder or disk, where a WAL database
-    cannot even be opened normally (SQLite wants its -shm file); then the file is read as immutable."""
+    """A connection that never writes, and leaves no files behind.
+
+    With no `-wal` beside the database, no writer has it open (a WAL writer keeps that file while it
+    lives), so the file is read as immutable: SQLite then makes no `-wal`/`-shm` of its own, which a
+    read-only connection could not remove on close (they would stay in the run folder). With a
+    live writer, a plain read-only connection sees its commits; on a read-only disk, where SQLite
+    cannot make its `-shm`, the immutable read is the fallback.
+    """
     uri = path.resolve().as_uri()
+    if not path.with_name(path.name + "-wal").exists():
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30.0)
     try:
         db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0)
         db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
