@@ -19,6 +19,13 @@ from cotforge.cli.main import app
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 RunOption = Annotated[Path, typer.Option("--run", help="Run directory (created if missing; re-running resumes).")]
 RESUME = "what is done is kept (ledger, cache, bundle parts); re-run the same command to resume."
+ExecutorOption = Annotated[Optional[str], config_option("exec.executor", "--executor")]
+RayAddress = Annotated[Optional[str], config_option("exec.ray_address", "--ray-address")]
+ShardOption = Annotated[Optional[str], config_option("exec.shard", "--shard")]
+
+
+def _exec_options(executor: str | None, ray_address: str | None, shard: str | None) -> dict[str, object]:
+    return {"exec.executor": executor, "exec.ray_address": ray_address, "exec.shard": shard}
 
 
 def _stage_errors():  # noqa: ANN202 - the exceptions every stage command turns into a clear exit
@@ -43,6 +50,9 @@ def bundle(
     limit: Annotated[Optional[int], config_option("source.limit", "--limit")] = None,
     label_file: Annotated[Optional[str], config_option("source.label_file", "--label-file")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="Decode clips that failed in an earlier run again.")] = False,
+    executor: ExecutorOption = None,
+    ray_address: RayAddress = None,
+    shard: ShardOption = None,
     set_: SetOption = None,
     quiet: Quiet = False,
 ) -> None:
@@ -54,7 +64,7 @@ def bundle(
     data = overrides({
         "source.dataset": dataset.value, "source.root": str(root), "source.splits": split, "source.limit": limit,
         "source.label_file": label_file, "media.fps": fps, "media.max_frames": max_frames, "media.size": size,
-        "media.sample_rate": sample_rate, "exec.workers": workers,
+        "media.sample_rate": sample_rate, "exec.workers": workers, **_exec_options(executor, ray_address, shard),
     }, set_ or [])
     try:
         cfg = BundleConfig.model_validate(data)
@@ -163,6 +173,9 @@ def synth(
     pipeline: Annotated[Optional[Path], typer.Option(help="Take teacher/validation settings from this pipeline YAML.")] = None,
     force: Annotated[bool, typer.Option("--force/--no-force", help="Ask again with teacher settings other than the run's.")] = False,
     dry_run: Annotated[Optional[int], typer.Option("--dry-run", metavar="N", help="Write the exact request bodies of N clips (media elided) to RUN/requests/ and send nothing.")] = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddress = None,
+    shard: ShardOption = None,
     set_: SetOption = None,
     quiet: Quiet = False,
 ) -> None:
@@ -171,15 +184,16 @@ def synth(
     Clips judged under other validation or re-asking settings, or whose labels changed on disk,
     are judged again from the cache: only what the new settings add is asked.
     """
-    from cotforge.executors.local import LocalExecutor
+    from cotforge.executors import executor_for
     from cotforge.teacher.client import TeacherUnavailable
 
-    cfg = load_config(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
+    cfg = load_config(pipeline, run, set_ or [], {**_teacher_options(teacher_url, model, concurrency),
+                                                  **_exec_options(executor, ray_address, shard)})
     if dry_run is not None:
         _dry_run(cfg, run, dry_run)
         return
     try:
-        stats = LocalExecutor(cfg, "synth", quiet).synth(force).synth
+        stats = executor_for(cfg)(cfg, "synth", quiet).synth(force).synth
     except _stage_errors() as exc:
         fail(str(exc))
     except TeacherUnavailable as exc:
@@ -251,12 +265,15 @@ def run_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (pipelines/mosi.yaml, mosei.yaml, sims.yaml, demo.yaml).")],
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory [runs/<pipeline name>]; re-running resumes.")] = None,
     teacher_url: TeacherUrl = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddress = None,
+    shard: ShardOption = None,
     set_: SetOption = None,
     force: Annotated[bool, typer.Option("--force/--no-force", help="Ask again with teacher settings other than the run's.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Decode -> teacher -> validate -> shards, all stages at once; resumes where it stopped."""
-    cfg = load_config(pipeline, run, set_ or [], {"teacher.url": teacher_url})
+    cfg = load_config(pipeline, run, set_ or [], {"teacher.url": teacher_url, **_exec_options(executor, ray_address, shard)})
     run_and_report(cfg, force, quiet)
 
 
