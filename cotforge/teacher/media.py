@@ -19,14 +19,15 @@ from PIL import Image
 from cotforge.media.encode import flac_to_pcm
 
 
-def _rate(fps: float) -> Fraction:
+def container_rate(fps: float) -> Fraction:
+    """The frame rate mux_mp4 writes into the MP4 (what a server's video loader reads back)."""
     return Fraction(fps).limit_denominator(1000) if fps > 0 else Fraction(1)
 
 
 def mux_mp4(frames: list[bytes], fps: float, audio_flac: bytes | None, codec: str = "h264") -> bytes:
     """JPEG frames (+ FLAC audio) -> MP4 bytes: H.264/AAC by default, or MJPEG/FLAC (10x cheaper to make)."""
     buf = io.BytesIO()
-    rate = _rate(fps)
+    rate = container_rate(fps)
     with av.open(buf, "w", format="mp4") as out:
         if frames:
             first = Image.open(io.BytesIO(frames[0]))

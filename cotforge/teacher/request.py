@@ -4,7 +4,12 @@ A request is first built in *canonical* form, where each media part holds only t
 (`uuid`) instead of its base64 payload. The cache key is the hash of that canonical form, so a
 cache hit costs no media encoding at all, and the key changes exactly when the model, prompt
 version, media, sampling or schema do. `materialize` then fills in the payloads (in a worker
-process) just before sending.
+process) just before sending, and sets each part's `uuid` to the SHA-256 of the bytes it carries.
+
+That `uuid` is what vLLM keys its encoder cache by, and the cache outlives a run and is shared by
+every client of the server: a `uuid` reused for other bytes (another codec, mode or muxer version
+of the same bundle) makes vLLM fail the request with a 500 (or, when the embedding counts happen to
+match, silently answer about the old media). Hashing the bytes sent leaves no way to reuse it.
 """
 
 from __future__ import annotations
@@ -84,7 +89,9 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     if cfg.mm_kwargs == "request":
         if cfg.media_mode == "video_audio":
             body["mm_processor_kwargs"] = {"use_audio_in_video": True}
-        body["media_io_kwargs"] = {"video": {"fps": round(float(row["frame_fps"]), 4)}}
+        # every frame of the MP4 (it holds exactly the bundle's frames, at their rate): a requested fps makes
+        # vLLM resample, and a rounded fps silently drops frames (seen on a real server: 32 sent, 30 seen)
+        body["media_io_kwargs"] = {"video": {"num_frames": -1}}
     canonical = json.dumps({"body": body, "codec": cfg.video_codec}, sort_keys=True, ensure_ascii=False)
     headers = {}
     if cfg.simulated:
@@ -114,24 +121,34 @@ def materialize(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: P
     for part in content:
         if part["type"] == "video_url":
             if media_dir is not None:
-                part["video_url"]["url"] = _local_video(media_dir, part["uuid"], media, codec, separate)
-                continue
-            mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
-            part["video_url"]["url"] = data_url("video/mp4", mp4)
+                part["video_url"]["url"], mp4 = _local_video(media_dir, part["uuid"], media, codec, separate)
+            else:
+                mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
+                part["video_url"]["url"] = data_url("video/mp4", mp4)
+            part["uuid"] = media_uuid(mp4)
         elif part["type"] == "input_audio":
-            part["input_audio"]["data"] = base64.b64encode(wav_bytes(media.audio_flac)).decode("ascii")
+            wav = wav_bytes(media.audio_flac)
+            part["input_audio"]["data"] = base64.b64encode(wav).decode("ascii")
+            part["uuid"] = media_uuid(wav)
     return filled
 
 
-def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separate: bool) -> str:
-    """Content-addressed MP4 in a shared folder: written once, so a re-ask or re-run reuses it."""
+def media_uuid(data: bytes) -> str:
+    """The `uuid` of a media part: names exactly the bytes sent (see the module docstring)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separate: bool) -> tuple[str, bytes]:
+    """(file:// URL, bytes) of the clip's MP4 in a shared folder: written once, so a re-ask or re-run reuses it."""
     path = media_dir / f"{uuid.replace(':', '-')}-{codec}.mp4"
-    if not path.is_file():
-        media_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec))
-        tmp.rename(path)
-    return path.resolve().as_uri()
+    if path.is_file():
+        return path.resolve().as_uri(), path.read_bytes()
+    mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
+    media_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(mp4)
+    tmp.rename(path)
+    return path.resolve().as_uri(), mp4
 
 
 def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
