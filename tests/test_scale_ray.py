@@ -1,25 +1,28 @@
 """`--executor ray` on a two-node Ray cluster on 127.0.0.1: the same corpus as the local executor, a lost node
 changes nothing, and the teacher's endpoints are spread over and survive losing one.
 
-The cluster is `ray.cluster_utils.Cluster` (a head and a second node with 1 CPU and its own resource each),
-started and stopped by this module: `ray start --address` refuses to join a cluster when
-RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ("Multi-node Ray clusters are not supported on Windows and OSX"), and
-without that variable Ray registers every node under the machine's outward address. Every Ray process
-here has the variable, and a test checks that no node registers, and no socket of theirs uses, any
-other address than loopback.
-
-Assertions marked ENDPOINTS need the integrator's multi-endpoint client (`teacher.endpoints`); they run
-as soon as TeacherConfig has that field.
+The cluster is what a user starts: `ray start --head` and a second `ray start --address` with 1 CPU and a
+resource of its own, each a process group of this module's, stopped by its pid (never `ray stop`, which
+would stop every Ray process on the machine). Every Ray process has RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
+keeps it on 127.0.0.1 (without it Ray registers every node under the machine's outward address); the second
+node goes through tests/ray_node.py, because `ray start --address` refuses to add a node under that variable.
+A test checks that no node registers, and no socket of theirs uses, any other address than loopback. The
+cluster has a token of its own (RAY_AUTH_MODE=token), so no other Ray on the machine can join it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when Ray is imported, here and by every process it starts
+# read when Ray is imported, here and by every process it starts: loopback only, and the token of this
+# module's cluster (this process and the `cotforge run` processes it starts are its drivers)
+os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+                   "RAY_USAGE_STATS_ENABLED": "0"})
 
 import ipaddress  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -30,9 +33,8 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
-from cotforge.config import PipelineConfig, TeacherConfig  # noqa: E402
+from cotforge.config import PipelineConfig  # noqa: E402
 from cotforge.executors.local import run_pipeline  # noqa: E402
 from cotforge.sim.server import SimConfig, SimProcess  # noqa: E402
 from cotforge.store.ledger import Ledger  # noqa: E402
@@ -41,38 +43,56 @@ from test_pipeline import pipeline  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-MULTI_ENDPOINT = "endpoints" in TeacherConfig.model_fields
-"""ENDPOINTS: True once the integrator's client (teacher.endpoints) is in."""
 CLIPS = 20
 SIM = {"seed": 11, "latency_ms": 150, "capacity": 2}
-NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
+NODE = ["--num-cpus", "1", "--object-store-memory", str(100 * 2**20), "--disable-usage-stats"]
+# a killed node is declared dead in ~2 s, not ~15 s
+HEALTH = json.dumps({"health_check_period_ms": 500, "health_check_failure_threshold": 4})
+RAY = str(Path(sys.executable).with_name("ray"))
 
 
 class TwoNodes:
-    """A head and a second node on 127.0.0.1; the second can be killed and replaced."""
+    """`ray start --head` and a second `ray start --address` on 127.0.0.1, each a process group of this
+    module's (`--block` keeps `ray start` in the foreground as the group's leader); the second can be
+    killed and replaced."""
 
-    def __init__(self) -> None:
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            **NODE, "include_dashboard": False,
-            # a killed node is declared dead in ~2 s, not ~15 s
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4},
-        })
-        self.second = self.cluster.add_node(**NODE, resources={"second": 1})
-        self.cluster.wait_for_nodes()
-        self.address = self.cluster.address
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = dict(os.environ)
+        self.address = f"127.0.0.1:{_free_port()}"
+        self.head = self._start("head", [RAY, "start", "--head", "--block", "--port", self.address.split(":")[1],
+                                         "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+                                         "--temp-dir", str(tmp / "ray"), f"--system-config={HEALTH}", *NODE])
+        self.second = self._start_second()
+
+    def _start(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
+        return subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _start_second(self) -> subprocess.Popen:
+        return self._start("second", [sys.executable, str(Path(__file__).with_name("ray_node.py")), "start", "--block",
+                                      "--address", self.address, "--resources", json.dumps({"second": 1}), *NODE])
+
+    def wait(self, alive: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while len([n for n in ray.nodes() if n["Alive"]]) != alive:
+            for process in (self.head, self.second):
+                assert process.poll() is None or process is self.second, (self.tmp / "head.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the cluster never had {alive} nodes alive"
+            time.sleep(0.2)
 
     def kill_second(self) -> None:
-        self.cluster.remove_node(self.second, allow_graceful=False)
+        _kill_group(self.second)
 
     def replace_second(self) -> None:
-        self.second = self.cluster.add_node(**NODE, resources={"second": 1})
-        self.cluster.wait_for_nodes()
+        _kill_group(self.second)  # a test that failed before its kill leaves it running
+        self.second = self._start_second()
+        self.wait(2)
 
     def second_busy(self) -> list[str]:
         """Tasks the second node's workers are running now (a Ray worker's title is ray::<task>, ray::IDLE between tasks)."""
-        raylets = {info.process.pid for info in self.second.all_processes.get("raylet", [])}
         titles = []
-        for pid in _descendants(raylets):
+        for pid in _tree(self.second.pid):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
             except OSError:
@@ -82,9 +102,40 @@ class TwoNodes:
         return titles
 
     def pids(self) -> set[int]:
-        nodes = [self.cluster.head_node, *self.cluster.worker_nodes]
-        started = {info.process.pid for node in nodes for infos in node.all_processes.values() for info in infos}
-        return started | _descendants(started)
+        return _tree(self.head.pid) | _tree(self.second.pid)
+
+    def stop(self) -> None:
+        for process in (self.second, self.head):
+            _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Every process of the node at once (raylet, workers, agents): a node lost, not a node leaving."""
+    for pid in _tree(process.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(30)
+
+
+def _tree(pid: int) -> set[int]:
+    """A node's processes: its `ray start`'s process group and every descendant (Ray gives each worker a
+    process group of its own)."""
+    group = _group(pid)
+    return {pid} | group | _descendants({pid} | group)
+
+
+def _group(pgid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
 
 
 def _descendants(roots: set[int]) -> set[int]:
@@ -136,18 +187,20 @@ def _loopback(ip: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    nodes = TwoNodes()
-    ray.init(address=nodes.address, logging_level="WARNING", log_to_driver=False)
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    nodes = TwoNodes(tmp_path_factory.mktemp("cluster"))
+    pids: set[int] = set()
     try:
+        ray.init(address=nodes.address, logging_level="WARNING", log_to_driver=False)
+        nodes.wait(2)
         yield nodes
     finally:
         ray.shutdown()
         pids = nodes.pids()
-        nodes.cluster.shutdown()
-        time.sleep(0.5)
-        left = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
-        assert not left, f"Ray processes left running: {left}"
+        nodes.stop()
+    time.sleep(0.5)
+    left = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+    assert not left, f"Ray processes left running: {left}"
 
 
 def _state(pid: int) -> str:
@@ -178,13 +231,7 @@ def reference(demo, sims, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(root: Path, run: Path, urls: list[str], **sections) -> PipelineConfig:
-    teacher = {"concurrency": 2, "media_workers": 1, "timeout_s": 20}
-    if MULTI_ENDPOINT:  # ENDPOINTS
-        teacher["endpoints"] = urls
-    teacher["url"] = urls[0]
-    for name, value in sections.pop("teacher", {}).items():
-        if name in TeacherConfig.model_fields:  # settings of the integrator's client, once it is in
-            teacher[name] = value
+    teacher = {"concurrency": 2, "media_workers": 1, "timeout_s": 20, "endpoints": urls, **sections.pop("teacher", {})}
     exec_ = {"workers": 1, "bundle_part_rows": 2, **sections.pop("exec", {})}
     return pipeline(root, run, urls[0], exec=exec_, teacher=teacher, **sections)
 
@@ -237,10 +284,8 @@ def test_two_node_run_equals_the_local_one(cluster: TwoNodes, demo, sims, refere
                         "run", quiet=True).pipeline()
     assert [sim_requests(sim.root) - b for sim, b in zip(sims, before, strict=True)] == sent
     assert again.synth["requests"] == 0 and again.bundle["bundled"] == 0 and not again.export["rewritten"]
-    print(f"two-node run: {wall:.1f} s for {CLIPS} clips; requests per endpoint {sent}")
-    if not MULTI_ENDPOINT:
-        pytest.skip("ENDPOINTS: both endpoints got requests - needs teacher.endpoints (integrator's client); all else passed")
     assert all(n > 0 for n in sent), f"both endpoints got requests: {sent}"
+    print(f"two-node run: {wall:.1f} s for {CLIPS} clips; requests per endpoint {sent}")
 
 
 def test_losing_a_node_mid_run_changes_nothing(cluster: TwoNodes, demo, sims, reference: Path, tmp_path: Path) -> None:
@@ -285,9 +330,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not MULTI_ENDPOINT, reason="ENDPOINTS: needs teacher.endpoints (the integrator's multi-endpoint client)")
 def test_one_endpoint_down_at_start_and_one_killed_mid_run(cluster: TwoNodes, demo, reference: Path, tmp_path: Path) -> None:
-    """ENDPOINTS: three endpoints; one never answers, one goes down for good at its 4th request: the third finishes."""
+    """Three endpoints; one never answers, one goes down for good at its 4th request: the third finishes."""
     down = f"http://127.0.0.1:{_free_port()}/v1"
     log = tmp_path / "killed.jsonl"  # a server that refuses connections answers no /sim/stats: its log counts
     killed_cfg = SimConfig(port=0, **SIM, outage_at=4, outage_mode="refuse", log_path=log)
@@ -303,6 +347,8 @@ def test_one_endpoint_down_at_start_and_one_killed_mid_run(cluster: TwoNodes, de
     counts = states(run)
     assert set(counts) <= set(TERMINAL) and sum(counts.values()) == CLIPS and not teacher_failures(run)
     assert corpus(run) == corpus(reference)
-    # the run says so: the client noted the endpoint taken out at preflight and the one that went down
+    # the run says so, on the terminal and in stats.json: taken out at preflight, and down mid-run
+    assert f"endpoint {down} taken out at preflight" in output, output[-4000:]
+    assert f"endpoint {killed.url}" in output, output[-4000:]
     assert stage_stats(run, "client").get("events", 0) >= 2, stage_stats(run, "client")
 

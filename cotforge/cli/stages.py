@@ -223,8 +223,8 @@ def synth(
         _dry_run(cfg, run, dry_run)
         return
     with stage_exits("every answer received is cached; re-run the same command to resume."):
-        stats = executor_for(cfg)(cfg, "synth", quiet).synth(force).synth
-    print_teacher(stats)
+        result = executor_for(cfg)(cfg, "synth", quiet).synth(force)
+    print_teacher(result.synth, result.events)
     out.print(f"next: cotforge export --run {run}")
 
 
@@ -244,7 +244,7 @@ def _dry_run(cfg, run: Path, limit: int) -> None:  # noqa: ANN001 - a PipelineCo
     out.print(f"wrote {len(previews)} request bodies (media elided, nothing sent) to {folder}")
 
 
-def print_teacher(stats) -> None:  # noqa: ANN001 - a Stats
+def print_teacher(stats, events: list[str] | tuple[str, ...] = ()) -> None:  # noqa: ANN001 - a Stats
     table = Table(title="teacher", show_header=False)
     retries = stats.group("retries")
     for label, value in [
@@ -258,6 +258,8 @@ def print_teacher(stats) -> None:  # noqa: ANN001 - a Stats
     out.print(table)
     for reason, n in sorted(stats.group("reasons").items(), key=lambda kv: -kv[1]):
         out.print(f"  {n:5d}  {reason}", highlight=False)
+    for line in events:  # a replica lost is said, even when the others finished the run
+        out.print(f"teacher: {line}", highlight=False)
 
 
 @app.command()
@@ -307,7 +309,7 @@ def run_and_report(cfg, force: bool, quiet: bool):  # noqa: ANN001, ANN201 - Pip
     with stage_exits():
         result = run_pipeline(cfg, cfg.run, force=force, quiet=quiet)
     summary = write_report(cfg, cfg.run)
-    print_teacher(result.synth)
+    print_teacher(result.synth, result.events)
     print_export(cfg.run, result.export)
     out.print(f"report: {summary}")
     return result

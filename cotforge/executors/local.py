@@ -49,6 +49,8 @@ class PipelineResult:
     synth: Stats = field(default_factory=Stats)
     export: Stats = field(default_factory=Stats)
     wall_seconds: float = 0.0
+    events: list[str] = field(default_factory=list)
+    """What the teacher client noted (endpoints taken out, outages): the user is told, not only stats.json."""
 
 
 def check_teacher(books: Bookkeeping, cfg: PipelineConfig, force: bool) -> None:
@@ -156,6 +158,7 @@ class LocalExecutor:
             synth = self.steps["teacher"].stats
         if self.steps.get("client") is not None:
             synth = synth.merge(http_faults(self.steps["client"].stats))
+            self.result.events = list(getattr(self.steps["client"], "log", []))
         self.result.synth = synth
 
     async def _main(self, books: Bookkeeping, reader: ReadStep | None, teach: bool, retry_failed: bool, progress: Progress) -> None:
