@@ -71,8 +71,10 @@ def _keys(run: Path) -> list[str]:
 
 def test_three_shards_merged_equal_one_run(runs: dict[str, Path], tmp_path: Path) -> None:
     merged = tmp_path / "merged"
+    listing = {i: sorted(p.name for p in runs[f"s{i}"].iterdir()) for i in range(3)}
     result = CliRunner().invoke(app, ["merge", *(str(runs[f"s{i}"]) for i in (2, 0, 1)), "--out", str(merged)])
     assert result.exit_code == 0, result.output
+    assert {i: sorted(p.name for p in runs[f"s{i}"].iterdir()) for i in range(3)} == listing, "shard folders only read"
     whole = corpus(runs["whole"])
     assert whole and corpus(merged) == whole  # same keys, splits, rationales, scores
     assert eval_keys(merged) == eval_keys(runs["whole"])

@@ -30,7 +30,7 @@ from cotforge.steps.bookkeeping import Bookkeeping
 from cotforge.steps.export import ExportStep, read_manifest
 from cotforge.steps.read import ReadStep
 from cotforge.store.cache import ResponseCache
-from cotforge.store.ledger import Ledger
+from cotforge.store.ledger import Ledger, open_read_only
 from cotforge.store.run import RunDir, RunError
 from cotforge.store.shards import write_manifest
 
@@ -86,7 +86,8 @@ class MergeResult:
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    """The shard folders are only read: no `-wal`/`-shm` is left in them (the store's read-only open)."""
+    return open_read_only(path)
 
 
 def open_run(path: Path) -> ShardRun:
