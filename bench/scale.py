@@ -18,7 +18,8 @@ Inputs: a few short generated clips, and label files of any length whose rows ar
 (distinct keys and texts, so every row is decoded, muxed and asked like a clip of its own). Every clip
 needs exactly one request (no noise, one sample, no hint).
 
-Usage: python bench/scale.py [--clips 2000] [--endpoint-clips 300] [--capacity 16] [--latency-ms 1000] [--rss-clips 500]
+Usage: python bench/scale.py [--parts executors,endpoints] [--clips 2000] [--rss-clips 500] [--endpoint-clips 300]
+                             [--capacity 16] [--latency-ms 3000]
 """
 
 from __future__ import annotations
@@ -167,21 +168,8 @@ def run_with(capacities: list[int], latency_ms: float, data: Path, executor: str
             server.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=2000, help="clips of the local-vs-ray runs (and the large RSS point)")
-    parser.add_argument("--endpoint-clips", type=int, default=300, help="clips of the one-vs-two-endpoint runs")
-    parser.add_argument("--capacity", type=int, default=16, help="C: requests the single endpoint serves at once")
-    parser.add_argument("--latency-ms", type=float, default=1000.0, help="L: service time of a request")
-    parser.add_argument("--rss-clips", type=int, default=500, help="clips of the small RSS point (a Ray run)")
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cotforge-bench-scale-"))
-    base = workdir / "base"
-    if not (base / "demo.json").exists():
-        make_demo_dataset(base, "mosi", 12, seed=31, min_seconds=1.0, max_seconds=2.0)
-    stamp = time.time_ns()
-
+def compare_executors(args: argparse.Namespace, base: Path, workdir: Path, stamp: int) -> list[tuple[str, str]]:
+    """Local vs Ray executor on one machine, CPU-bound, and the Ray driver's peak RSS at two sizes."""
     # one machine: the CPUs bound the run (the simulator answers 128 requests/s). Both executors run twice,
     # in the order local, ray, ray, local, so that a change of load on a shared machine hits both alike.
     data = expand(base, workdir / f"data-{args.clips}", args.clips)
@@ -200,7 +188,7 @@ def main() -> None:
         return f"{mean(pairs):.3f}x  ({' / '.join(f'{p:.2f}' for p in pairs)})"
 
     cpu_per_clip = {name: mean([r["tree_cpu_s"] / r["judged"] for r in rs]) * 1000 for name, rs in runs.items()}
-    rows = [
+    return [
         ("one machine, clips (CPU-bound); runs in order", f"{args.clips}; local, ray, ray, local"),
         ("local executor clips/s (end to end / steady)", " ; ".join(f"{r['rate']:.1f} / {r['steady']:.1f}" for r in local)),
         ("ray executor clips/s (end to end / steady)", " ; ".join(f"{r['rate']:.1f} / {r['steady']:.1f}" for r in on_ray)),
@@ -217,17 +205,58 @@ def main() -> None:
          f"{small['rss_mb']:.0f} MB / {max(r['rss_mb'] for r in on_ray):.0f} MB  (export buffers up to export.shard_mb per split)"),
         (f"local command peak RSS, {args.clips} clips", f"{max(r['rss_mb'] for r in local):.0f} MB"),
     ]
+
+
+def compare_endpoints(args: argparse.Namespace, base: Path, workdir: Path, stamp: int) -> list[tuple[str, str]]:
+    """One endpoint of capacity C vs two of C/2, the simulator bounding the run, the same requests in flight."""
     c, latency = args.capacity, args.latency_ms
     half = max(1, c // 2)
     few = expand(base, workdir / f"data-{args.endpoint_clips}", args.endpoint_clips)
-    one = run_with([2 * half], latency, few, "local", workdir, f"one-{stamp}", 4 * half)
-    two = run_with([half, half], latency, few, "local", workdir, f"two-{stamp}", 2 * half)
-    rows += [
-        (f"endpoints, clips (simulator-bound, C={2 * half}, L={latency:g} ms)", f"{args.endpoint_clips}"),
-        ("one endpoint C / two endpoints C/2: clips/s", f"{one['rate']:.2f} / {two['rate']:.2f}  (ideal {2 * half / latency * 1000:.1f})"),
-        ("two half endpoints / one endpoint, end to end", f"{two['rate'] / one['rate']:.3f}x  (target >= 0.90)"),
-        ("two half endpoints / one endpoint, steady", f"{two['steady'] / one['steady']:.3f}x"),
+    # in the order one, two, two, one, so that a change of load on a shared machine hits both alike
+    runs: dict[str, list[dict]] = {"one": [], "two": []}
+    for i, name in enumerate(("one", "two", "two", "one")):
+        servers, concurrency = ([2 * half], 4 * half) if name == "one" else ([half, half], 2 * half)
+        runs[name].append(run_with(servers, latency, few, "local", workdir, f"{name}-{i}-{stamp}", concurrency))
+    one, two = runs["one"], runs["two"]
+
+    def ratio(key: str) -> str:
+        pairs = [t[key] / o[key] for t, o in zip(two, reversed(one))]
+        return f"{sum(pairs) / len(pairs):.3f}x  ({' / '.join(f'{p:.2f}' for p in pairs)})"
+
+    return [
+        (f"endpoints, clips (simulator-bound, C={2 * half}, L={latency:g} ms); runs in order", f"{args.endpoint_clips}; one, two, two, one"),
+        ("one endpoint C: clips/s (end to end / steady)", " ; ".join(f"{r['rate']:.2f} / {r['steady']:.2f}" for r in one)
+         + f"  (ideal C/L {2 * half / latency * 1000:.2f})"),
+        ("two endpoints C/2: clips/s (end to end / steady)", " ; ".join(f"{r['rate']:.2f} / {r['steady']:.2f}" for r in two)),
+        ("two half endpoints / one endpoint, end to end", f"{ratio('rate')}  (target >= 0.90)"),
+        ("two half endpoints / one endpoint, steady state", ratio("steady")),
     ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=2000, help="clips of the local-vs-ray runs (and the large RSS point)")
+    parser.add_argument("--endpoint-clips", type=int, default=300, help="clips of the one-vs-two-endpoint runs")
+    parser.add_argument("--capacity", type=int, default=16, help="C: requests the single endpoint serves at once")
+    # C/L must stay well below what this machine decodes and muxes (about 14 clips/s on 2 busy cores), or
+    # the CPUs, not the endpoints, bound both runs: 16 / 3 s = 5.3 clips/s
+    parser.add_argument("--latency-ms", type=float, default=3000.0, help="L: service time of a request")
+    parser.add_argument("--parts", default="executors,endpoints", help="which comparisons: executors, endpoints, or both")
+    parser.add_argument("--rss-clips", type=int, default=500, help="clips of the small RSS point (a Ray run)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cotforge-bench-scale-"))
+    base = workdir / "base"
+    if not (base / "demo.json").exists():
+        make_demo_dataset(base, "mosi", 12, seed=31, min_seconds=1.0, max_seconds=2.0)
+    stamp = time.time_ns()
+
+    parts = set(args.parts.split(","))
+    rows: list[tuple[str, str]] = []
+    if "executors" in parts:
+        rows += compare_executors(args, base, workdir, stamp)
+    if "endpoints" in parts:
+        rows += compare_endpoints(args, base, workdir, stamp)
     print_table(rows, "value")
 
 

@@ -92,6 +92,10 @@ def test_three_shards_merged_equal_one_run(runs: dict[str, Path], tmp_path: Path
     again = CliRunner().invoke(app, ["export", "--run", str(merged)])
     assert again.exit_code == 0 and "unchanged" in again.output, again.output
     assert CliRunner().invoke(app, ["status", "--run", str(merged)]).exit_code == 0
+    # and a run on it resumes: nothing left to decode or ask, nothing paid again
+    with SimProcess(SimConfig(port=0, seed=9, **FAST)) as sim:
+        again = run_pipeline(pipeline(runs["root"], merged, sim.url), merged, quiet=True)
+    assert again.bundle["bundled"] == 0 and again.synth["requests"] == 0 and corpus(merged) == whole
 
 
 def test_merging_other_configs_or_incomplete_sets_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:

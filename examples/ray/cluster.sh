@@ -5,11 +5,16 @@
 # dataset at the same path (decode tasks read clips wherever they run). The run folder lives on the head
 # only: ledger, cache, bundles and shards are written by the cotforge process there.
 #
+# Ray 2.60 clusters authenticate with a token: `head` makes one (~/.ray/auth_token); copy that file to every
+# worker node and to wherever cotforge runs, or export RAY_AUTH_TOKEN there, before `worker` and `cotforge run`.
+#
 # Usage, on each machine:   bash cluster.sh head | bash cluster.sh worker HEAD_IP | bash cluster.sh replicas N
 set -euo pipefail
+export RAY_AUTH_MODE=token
 
 case "${1:-}" in
   head)
+    ray get-auth-token --generate > /dev/null
     # the head also runs cotforge (the driver); keep a few of its CPUs for it
     ray start --head --port 6379 --num-cpus "$(( $(nproc) - 2 ))" --include-dashboard false
     ;;

@@ -2,6 +2,7 @@
 # On the head node: CMU-MOSEI on the Ray cluster of cluster.sh, against every vLLM replica.
 # Re-run the same command to resume (after a lost driver, or a stop): nothing done is redone or paid twice.
 set -euo pipefail
+export RAY_AUTH_MODE=token  # the token of cluster.sh head, in ~/.ray/auth_token (or RAY_AUTH_TOKEN)
 
 HEAD=${HEAD:-$(hostname -i | awk '{print $1}')}
 # every replica serving the model: GPU_NODES x GPUS_PER_NODE endpoints
