@@ -100,11 +100,51 @@ class MediaConfig(Section):
 
 
 class ExecConfig(Section):
-    """How the work is spread over this machine."""
+    """How the work is spread: over this machine, a Ray cluster, or the tasks of a batch scheduler (shards)."""
 
-    workers: int = Field(default=2, ge=1, le=256, description="decoding worker processes")
+    workers: int = Field(
+        default=2, ge=1, le=256,
+        description="decoding worker processes (ray without ray_address: the CPUs of the private Ray instance)",
+    )
     queue_size: int = Field(default=0, ge=0, description="bundles in flight; 0 = 2 x workers")
     bundle_part_rows: int = Field(default=256, ge=1, description="clips per bundles/part-*.parquet")
+    executor: Literal["local", "ray"] = Field(
+        default="local",
+        description="where decoding and media muxing run: local (processes on this machine) or ray (tasks on a Ray "
+        "cluster; pip install 'cotforge[ray]'); ledger, cache, teacher client and shards stay with this process",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        description="the Ray cluster to join (HEAD:6379, or auto); unset: a private Ray instance on this machine, "
+        "on 127.0.0.1 only",
+    )
+    shard: str | None = Field(
+        default=None,
+        description="i/N: this run takes only shard i of N (0 <= i < N, split by a hash of the clip key), as one task "
+        "of a batch-scheduler array; each shard is an ordinary run folder, joined by `cotforge merge`",
+    )
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_is_i_of_n(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        rank, sep, world = str(value).partition("/")
+        if not (sep and rank.strip().isdigit() and world.strip().isdigit()):
+            raise ValueError(f"exec.shard {value!r}: expected i/N, e.g. 0/3")
+        i, n = int(rank), int(world)
+        if n < 1:
+            raise ValueError(f"exec.shard {value!r}: N, the number of shards, is at least 1")
+        if i >= n:
+            raise ValueError(f"exec.shard {value!r}: i counts from 0 to N-1 (0/{n} ... {n - 1}/{n})")
+        return f"{i}/{n}"
+
+    def shard_index(self) -> tuple[int, int]:
+        """(rank, world_size) of this run's shard; (0, 1) for a whole run."""
+        if self.shard is None:
+            return 0, 1
+        rank, world = self.shard.split("/")
+        return int(rank), int(world)
 
 
 class BundleConfig(Section):

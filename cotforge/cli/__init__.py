@@ -5,6 +5,7 @@ groups (review, train) live in their own modules and are added to the one app he
 """
 
 from cotforge.cli import review as _review
+from cotforge.cli import scale as _scale  # noqa: F401 - registers `merge`
 from cotforge.cli import stages as _stages  # noqa: F401 - registers the pipeline commands
 from cotforge.cli import train as _train
 from cotforge.cli.main import app

@@ -22,7 +22,13 @@ from cotforge.cli.main import app
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 RunOption = Annotated[Path, typer.Option("--run", help="Run directory (created if missing; re-running resumes).")]
 RESUME = "what is done is kept (ledger, cache, bundle parts); re-run the same command to resume."
+ExecutorOption = Annotated[Optional[str], config_option("exec.executor", "--executor")]
+RayAddress = Annotated[Optional[str], config_option("exec.ray_address", "--ray-address")]
+ShardOption = Annotated[Optional[str], config_option("exec.shard", "--shard")]
 
+
+def _exec_options(executor: str | None, ray_address: str | None, shard: str | None) -> dict[str, object]:
+    return {"exec.executor": executor, "exec.ray_address": ray_address, "exec.shard": shard}
 
 
 class Terminated(KeyboardInterrupt):
@@ -79,6 +85,9 @@ def bundle(
     limit: Annotated[Optional[int], config_option("source.limit", "--limit")] = None,
     label_file: Annotated[Optional[str], config_option("source.label_file", "--label-file")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed/--no-retry-failed", help="Decode clips that failed in an earlier run again.")] = False,
+    executor: ExecutorOption = None,
+    ray_address: RayAddress = None,
+    shard: ShardOption = None,
     set_: SetOption = None,
     quiet: Quiet = False,
 ) -> None:
@@ -90,7 +99,7 @@ def bundle(
     data = overrides({
         "source.dataset": dataset.value, "source.root": str(root), "source.splits": split, "source.limit": limit,
         "source.label_file": label_file, "media.fps": fps, "media.max_frames": max_frames, "media.size": size,
-        "media.sample_rate": sample_rate, "exec.workers": workers,
+        "media.sample_rate": sample_rate, "exec.workers": workers, **_exec_options(executor, ray_address, shard),
     }, set_ or [])
     try:
         cfg = BundleConfig.model_validate(data)
@@ -195,6 +204,9 @@ def synth(
     pipeline: Annotated[Optional[Path], typer.Option(help="Take teacher/validation settings from this pipeline YAML.")] = None,
     force: Annotated[bool, typer.Option("--force/--no-force", help="Ask again with teacher settings other than the run's.")] = False,
     dry_run: Annotated[Optional[int], typer.Option("--dry-run", metavar="N", help="Write the exact request bodies of N clips (media elided) to RUN/requests/ and send nothing.")] = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddress = None,
+    shard: ShardOption = None,
     set_: SetOption = None,
     quiet: Quiet = False,
 ) -> None:
@@ -203,15 +215,16 @@ def synth(
     Clips judged under other validation or re-asking settings, or whose labels changed on disk,
     are judged again from the cache: only what the new settings add is asked.
     """
-    from cotforge.executors.local import LocalExecutor
+    from cotforge.executors import executor_for
 
-    cfg = load_config(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
+    cfg = load_config(pipeline, run, set_ or [], {**_teacher_options(teacher_url, model, concurrency),
+                                                  **_exec_options(executor, ray_address, shard)})
     if dry_run is not None:
         _dry_run(cfg, run, dry_run)
         return
     with stage_exits("every answer received is cached; re-run the same command to resume."):
-        stats = LocalExecutor(cfg, "synth", quiet).synth(force).synth
-    print_teacher(stats)
+        result = executor_for(cfg)(cfg, "synth", quiet).synth(force)
+    print_teacher(result.synth, result.events)
     out.print(f"next: cotforge export --run {run}")
 
 
@@ -231,7 +244,7 @@ def _dry_run(cfg, run: Path, limit: int) -> None:  # noqa: ANN001 - a PipelineCo
     out.print(f"wrote {len(previews)} request bodies (media elided, nothing sent) to {folder}")
 
 
-def print_teacher(stats) -> None:  # noqa: ANN001 - a Stats
+def print_teacher(stats, events: list[str] | tuple[str, ...] = ()) -> None:  # noqa: ANN001 - a Stats
     table = Table(title="teacher", show_header=False)
     retries = stats.group("retries")
     for label, value in [
@@ -245,6 +258,8 @@ def print_teacher(stats) -> None:  # noqa: ANN001 - a Stats
     out.print(table)
     for reason, n in sorted(stats.group("reasons").items(), key=lambda kv: -kv[1]):
         out.print(f"  {n:5d}  {reason}", highlight=False)
+    for line in events:  # a replica lost is said, even when the others finished the run
+        out.print(f"teacher: {line}", highlight=False)
 
 
 @app.command()
@@ -274,12 +289,15 @@ def run_cmd(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML (pipelines/mosi.yaml, mosei.yaml, sims.yaml, demo.yaml).")],
     run: Annotated[Optional[Path], typer.Option("--run", help="Run directory [runs/<pipeline name>]; re-running resumes.")] = None,
     teacher_url: TeacherUrl = None,
+    executor: ExecutorOption = None,
+    ray_address: RayAddress = None,
+    shard: ShardOption = None,
     set_: SetOption = None,
     force: Annotated[bool, typer.Option("--force/--no-force", help="Ask again with teacher settings other than the run's.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Decode -> teacher -> validate -> shards, all stages at once; resumes where it stopped."""
-    cfg = load_config(pipeline, run, set_ or [], {"teacher.url": teacher_url})
+    cfg = load_config(pipeline, run, set_ or [], {"teacher.url": teacher_url, **_exec_options(executor, ray_address, shard)})
     run_and_report(cfg, force, quiet)
 
 
@@ -291,7 +309,7 @@ def run_and_report(cfg, force: bool, quiet: bool):  # noqa: ANN001, ANN201 - Pip
     with stage_exits():
         result = run_pipeline(cfg, cfg.run, force=force, quiet=quiet)
     summary = write_report(cfg, cfg.run)
-    print_teacher(result.synth)
+    print_teacher(result.synth, result.events)
     print_export(cfg.run, result.export)
     out.print(f"report: {summary}")
     return result

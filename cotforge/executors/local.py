@@ -21,14 +21,16 @@ from typing import Any
 from rich.progress import Progress, TaskID
 
 from cotforge.config import BundleConfig, PipelineConfig, TeacherConfig
+from cotforge.executors import executor_for
 from cotforge.executors.pools import WorkerCrashed, WorkerPool
 from cotforge.executors.progress import make_progress
 from cotforge.stats import Stats
 from cotforge.steps.bookkeeping import Bookkeeping
 from cotforge.steps.decode import DecodeStep
 from cotforge.steps.export import ExportStep
+from cotforge.steps.merge import bind_shard
 from cotforge.steps.read import ReadStep
-from cotforge.steps.teacher import ClipOutcome, TeacherStep
+from cotforge.steps.teacher import ClipOutcome, RunMedia, TeacherStep
 from cotforge.store.run import RunDir, RunError
 from cotforge.teacher.backend import make_teacher
 from cotforge.teacher.client import ServedModel, TeacherBudgetReached
@@ -47,6 +49,8 @@ class PipelineResult:
     synth: Stats = field(default_factory=Stats)
     export: Stats = field(default_factory=Stats)
     wall_seconds: float = 0.0
+    events: list[str] = field(default_factory=list)
+    """What the teacher client noted (endpoints taken out, outages): the user is told, not only stats.json."""
 
 
 def check_teacher(books: Bookkeeping, cfg: PipelineConfig, force: bool) -> None:
@@ -106,7 +110,7 @@ class LocalExecutor:
     def _run(self, decode: bool, teach: bool, export: bool, force: bool = False, retry_failed: bool = False) -> PipelineResult:
         began = time.time()
         cfg = self.cfg
-        reader = ReadStep(cfg.source) if decode else None
+        reader = ReadStep(cfg.source, *cfg.exec.shard_index()) if decode else None
         if reader is not None:
             reader.check()
         elif not self.run_dir.exists():
@@ -115,6 +119,7 @@ class LocalExecutor:
         self.steps = {"read": reader, "decode": DecodeStep(cfg.media) if decode else None, "bookkeeping": books}
         interrupted: str | None = None
         try:
+            bind_shard(books, cfg.exec.shard, reads_source=decode)
             if teach:
                 check_teacher(books, cfg, force)
             saved = cfg.public_dump()
@@ -153,18 +158,14 @@ class LocalExecutor:
             synth = self.steps["teacher"].stats
         if self.steps.get("client") is not None:
             synth = synth.merge(http_faults(self.steps["client"].stats))
+            self.result.events = list(getattr(self.steps["client"], "log", []))
         self.result.synth = synth
 
     async def _main(self, books: Bookkeeping, reader: ReadStep | None, teach: bool, retry_failed: bool, progress: Progress) -> None:
         cfg = self.cfg
         self.budget_reached = asyncio.Event()
         async with AsyncExitStack() as stack:
-            decode_pool = WorkerPool(cfg.exec.workers) if reader is not None else None
-            media_pool = WorkerPool(cfg.teacher.media_workers) if teach else None
-            for pool in (decode_pool, media_pool):
-                if pool is not None:
-                    stack.callback(pool.shutdown)
-                    pool.warm(media_ready)  # workers start while the server answers the preflight
+            decode_pool, run_media = self._workers(stack, reader is not None, teach)
             client = None
             if teach:
                 spent = self.run_dir.totals("client")  # what was sent, answered or not: the budget is the run's
@@ -182,7 +183,7 @@ class LocalExecutor:
             teacher_task: TaskID | None = None
             if teach:
                 validator = ValidateConfig.for_scale(cfg.source.scale(), **cfg.validate_.overrides())
-                step = TeacherStep(teacher_cfg, cfg.reask, validator, client, books, media_pool.run)
+                step = TeacherStep(teacher_cfg, cfg.reask, validator, client, books, run_media)
                 self.steps["teacher"], self.steps["client"] = step, client
                 books.retarget(cfg.teacher.splits, cfg.judge_fingerprint())
                 waiting, total = books.waiting()
@@ -211,6 +212,16 @@ class LocalExecutor:
                 await asyncio.gather(*producers, *consumers, *closer, budget, return_exceptions=True)
             if self.budget_error is not None:
                 raise self.budget_error
+
+    def _workers(self, stack: AsyncExitStack, decode: bool, teach: bool) -> tuple[WorkerPool | None, RunMedia | None]:
+        """Where CPU work runs: the decode pool (for `_decode`) and the media runner the teacher step awaits."""
+        decode_pool = WorkerPool(self.cfg.exec.workers) if decode else None
+        media_pool = WorkerPool(self.cfg.teacher.media_workers) if teach else None
+        for pool in (decode_pool, media_pool):
+            if pool is not None:
+                stack.callback(pool.shutdown)
+                pool.warm(media_ready)  # workers start while the server answers the preflight
+        return decode_pool, media_pool.run if media_pool is not None else None
 
     async def _feed(self, rows: AsyncIterator[dict[str, Any]], queue: asyncio.Queue) -> None:
         async for row in rows:
@@ -245,18 +256,7 @@ class LocalExecutor:
                     result: Bundle | ClipFailure = await pool.run(decoder.process, ref)
                 except WorkerCrashed:
                     result = ClipFailure(ref, "decoder process crashed on this clip", "decode")
-                decoder.count(result)
-                row = books.decoded(result)
-                d = decoder.stats
-                progress.update(task, advance=1, info=f"ok {d['bundled']} failed {d['failed']}")
-                if row is None:
-                    return
-                if row["split"] not in cfg.teacher.splits:
-                    books.hold_out(row)
-                elif queue is not None:
-                    if teacher_task is not None:
-                        progress.update(teacher_task, total=(progress.tasks[teacher_task].total or 0) + 1)
-                    await queue.put(row)
+                await self._decoded(books, result, queue, progress, task, teacher_task)
             finally:
                 slots.release()
 
@@ -271,6 +271,25 @@ class LocalExecutor:
             await asyncio.wait(set(running))
         if errors:
             raise errors[0]
+
+    async def _decoded(
+        self, books: Bookkeeping, result: Bundle | ClipFailure, queue: asyncio.Queue | None,
+        progress: Progress, task: TaskID, teacher_task: TaskID | None,
+    ) -> None:
+        """One decode result, whichever executor produced it: counted, recorded, then held out or queued for the teacher."""
+        decoder: DecodeStep = self.steps["decode"]
+        decoder.count(result)
+        row = books.decoded(result)
+        d = decoder.stats
+        progress.update(task, advance=1, info=f"ok {d['bundled']} failed {d['failed']}")
+        if row is None:
+            return
+        if row["split"] not in self.cfg.teacher.splits:
+            books.hold_out(row)
+        elif queue is not None:
+            if teacher_task is not None:
+                progress.update(teacher_task, total=(progress.tasks[teacher_task].total or 0) + 1)
+            await queue.put(row)
 
     async def _teach(
         self, step: TeacherStep, client: Any, books: Bookkeeping, queue: asyncio.Queue, progress: Progress, task: TaskID
@@ -340,17 +359,17 @@ def run_bundle(cfg: BundleConfig | PipelineConfig, run, retry_failed: bool = Fal
     """`cotforge bundle`: decode every pending clip of the source into bundle parts."""
     pipeline = cfg if isinstance(cfg, PipelineConfig) else PipelineConfig(source=cfg.source, media=cfg.media, exec=cfg.exec)
     pipeline = pipeline.model_copy(update={"run": run})
-    return LocalExecutor(pipeline, "bundle", quiet).bundle(retry_failed).bundle
+    return executor_for(pipeline)(pipeline, "bundle", quiet).bundle(retry_failed).bundle
 
 
 def run_synth(cfg: PipelineConfig, run, quiet: bool = False) -> Stats:
     """`cotforge synth`: the teacher over every bundled clip of a run (and clips to judge again)."""
-    return LocalExecutor(cfg.model_copy(update={"run": run}), "synth", quiet).synth().synth
+    return executor_for(cfg)(cfg.model_copy(update={"run": run}), "synth", quiet).synth().synth
 
 
 def run_pipeline(cfg: PipelineConfig, run, force: bool = False, quiet: bool = False) -> PipelineResult:
     """`cotforge run`: decode -> teacher -> validate -> shards, all stages at once."""
-    return LocalExecutor(cfg.model_copy(update={"run": run}), "run", quiet).pipeline(force)
+    return executor_for(cfg)(cfg.model_copy(update={"run": run}), "run", quiet).pipeline(force)
 
 
 def run_export(cfg: PipelineConfig, run, force: bool = False) -> Stats:
