@@ -3,14 +3,16 @@
 A request is first built in *canonical* form, where each media part holds only the media hash
 (`uuid`) instead of its base64 payload. The cache key is the hash of that canonical form, so a
 cache hit costs no media encoding at all, and the key changes exactly when the model, prompt
-version, media, sampling or schema do. `materialize` then fills in the payloads (in a worker
-process) just before sending.
+version, media, sampling or schema do. Just before sending, `encode_media` makes the payload of each
+media part (in a worker process: muxing costs tens of ms) and `fill` puts them into a copy of the
+body. The payloads are keyed by the part's `uuid`, so a clip asked several times (more samples, the
+hinted attempt) encodes its media once and sends the same bytes each time; `materialize` does both
+steps for one request.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import json
 import os
@@ -42,7 +44,7 @@ class TeacherRequest:
 
 @dataclass(slots=True)
 class ClipMedia:
-    """What `materialize` needs from a bundle (kept small so it pickles cheaply to a worker)."""
+    """What `encode_media` needs from a bundle (kept small so it pickles cheaply to a worker)."""
 
     frames: list[bytes]
     frame_fps: float
@@ -106,21 +108,50 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     )
 
 
-def materialize(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None) -> dict[str, Any]:
-    """Fill the media placeholders (data URLs, or file:// URLs under `media_dir`); runs in a worker process."""
-    filled = copy.deepcopy(body)
-    content = filled["messages"][1]["content"]
-    separate = any(p["type"] == "input_audio" for p in content)
-    for part in content:
+def _media_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in body["messages"][1]["content"] if p["type"] in ("video_url", "input_audio")]
+
+
+def media_uuids(body: dict[str, Any]) -> list[str]:
+    """The `uuid` of each media part of a canonical body: what `encode_media`'s payloads are keyed by."""
+    return [p["uuid"] for p in _media_parts(body)]
+
+
+def encode_media(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None) -> dict[str, str]:
+    """uuid -> payload of each media part of `body`: a data URL (or a file:// URL of an MP4 under
+    `media_dir`) for the video, base64 WAV for a separate audio part. Runs in a worker process."""
+    parts = _media_parts(body)
+    separate = any(p["type"] == "input_audio" for p in parts)
+    payloads = {}
+    for part in parts:
         if part["type"] == "video_url":
             if media_dir is not None:
-                part["video_url"]["url"] = _local_video(media_dir, part["uuid"], media, codec, separate)
-                continue
-            mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
-            part["video_url"]["url"] = data_url("video/mp4", mp4)
+                payloads[part["uuid"]] = _local_video(media_dir, part["uuid"], media, codec, separate)
+            else:
+                mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
+                payloads[part["uuid"]] = data_url("video/mp4", mp4)
+        else:
+            payloads[part["uuid"]] = base64.b64encode(wav_bytes(media.audio_flac)).decode("ascii")
+    return payloads
+
+
+def fill(body: dict[str, Any], payloads: dict[str, str]) -> dict[str, Any]:
+    """A copy of the canonical `body` with each media placeholder replaced by its payload (the body is
+    not changed; only the parts on the way to the media are copied, so this is cheap in the event loop)."""
+    messages = list(body["messages"])
+    messages[1] = dict(messages[1])
+    content = messages[1]["content"] = list(messages[1]["content"])
+    for index, part in enumerate(content):
+        if part["type"] == "video_url":
+            content[index] = {**part, "video_url": {**part["video_url"], "url": payloads[part["uuid"]]}}
         elif part["type"] == "input_audio":
-            part["input_audio"]["data"] = base64.b64encode(wav_bytes(media.audio_flac)).decode("ascii")
-    return filled
+            content[index] = {**part, "input_audio": {**part["input_audio"], "data": payloads[part["uuid"]]}}
+    return {**body, "messages": messages}
+
+
+def materialize(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None) -> dict[str, Any]:
+    """`body` with its media filled in, for one request (a clip asked again should reuse `encode_media`'s payloads)."""
+    return fill(body, encode_media(body, media, codec, media_dir))
 
 
 def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separate: bool) -> str:
