@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +53,10 @@ class SourceConfig(Section):
         default=None, description="allowed gold label range; default by dataset ([-3, 3] or [-1, 1])"
     )
     language: str | None = Field(default=None, description="language of the transcripts; default by dataset")
+    allow_outside_root: bool = Field(
+        default=False,
+        description="let label rows point at media outside the dataset root (symlinks resolved); off, such a row fails",
+    )
     scale_like: Literal["mosi", "sims"] | None = Field(
         default=None,
         description="manifest corpora: whose MMSA polarity buckets and metrics to use (default: mosi for a range "
@@ -160,12 +165,31 @@ class TeacherConfig(Section):
     model: str = Field(default="Qwen/Qwen3-Omni-30B-A3B-Instruct", description="served model name")
     api_key: SecretStr | None = Field(default=None, description="bearer token; prefer env COTFORGE_TEACHER_API_KEY")
     backend: Literal["openai", "vllm-offline"] = Field(default="openai", description="HTTP client or in-process vLLM engine")
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="several OpenAI-compatible base URLs serving the same model (replicas); requests go to the least busy; "
+        "empty: teacher.url alone",
+    )
     concurrency: int = Field(
-        default=64, ge=1, le=4096, description="requests in flight; about 1-2 x the server's max_num_seqs keeps its batch full"
+        default=64, ge=1, le=4096,
+        description="requests in flight per endpoint; about 1-2 x the server's max_num_seqs keeps its batch full",
     )
     timeout_s: float = Field(default=300.0, gt=0, description="per-request timeout, seconds")
     max_retries: int = Field(default=6, ge=0, le=50, description="retries on 429/5xx/timeouts/connection errors")
     backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each retry, with jitter, capped at 30 s")
+    breaker_failures: int = Field(
+        default=5, ge=1, description="server-side failures in a row (connection, 5xx, timeout) across requests that mark an endpoint down"
+    )
+    outage_grace_s: float = Field(
+        default=300.0, ge=0, description="how long to wait for a down endpoint; past it the endpoint is taken out, or the run stops (resumable)"
+    )
+    stall_s: float = Field(
+        default=120.0, gt=0, description="requests in flight and no answer at all for this long: probe the server (a hung engine)"
+    )
+    max_requests: int | None = Field(default=None, ge=1, description="run-level budget: stop (resumable) after this many requests")
+    max_tokens_total: int | None = Field(
+        default=None, ge=1, description="run-level budget: stop (resumable) after this many prompt + completion tokens"
+    )
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=1024, ge=16, description="completion token budget")
@@ -263,6 +287,13 @@ class ReaskConfig(Section):
     samples: int = Field(default=3, ge=1, le=64, description="samples drawn per clip before the hint (teacher.n per request)")
     hint: bool = Field(default=True, description="one last attempt with the gold polarity (never the score) in the prompt")
     keep: Literal["best", "all"] = Field(default="best", description="keep the best passing sample, or every passing one")
+    max_requests: int | None = Field(
+        default=None, ge=1,
+        description="hard cap on paid requests per clip, whatever happens (default: the samples' requests + the hint + 2)",
+    )
+
+    def request_cap(self, per_request: int) -> int:
+        return self.max_requests or math.ceil(self.samples / per_request) + int(self.hint) + 2
 
 
 class ExportConfig(Section):

@@ -137,7 +137,8 @@ def test_a_manifest_corpus_is_asked_and_judged_on_its_own_scale(tmp_path: Path, 
     run = tmp_path / "run"
     log = tmp_path / "sim.jsonl"
     with SimProcess(SimConfig(port=0, seed=4, noise=0.2, flip_rate=0.0, log_path=log, log_bodies=True, **FAST)) as sim:
-        cfg = config(manifest, run, sim.url, source={"dataset": "manifest", "root": str(manifest), "label_range": [-1, 1]},
+        cfg = config(manifest, run, sim.url, source={"dataset": "manifest", "root": str(manifest), "label_range": [-1, 1],
+                                 "allow_outside_root": True},
                      reask={"samples": 1, "hint": False})
         run_pipeline(cfg, run, quiet=True)
     with Ledger(run / "ledger.sqlite") as ledger:

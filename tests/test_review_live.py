@@ -156,11 +156,11 @@ def test_push_makes_one_task_per_row_with_playable_media_and_repush_adds_none(li
 def test_risk_sample_stores_why_each_row_was_picked(live: Live, pushed: Pushed) -> None:
     output = live.cli("push", "--shards", str(pushed.shards), "--project", "risk", "--sample", "3", "--strategy", "risk",
                       "--show-gold", "--data", str(live.data), "-q")
-    assert _row(output, "picked (risk)") == "3" and _row(output, "tasks imported") == "2"  # one per split; valid's clip is gone
+    assert _row(output, "picked (risk)") == "3" and _row(output, "tasks imported") == "2"  # stratified over train and valid; valid's clip is gone
     client = live.client()
     project = find_project(client, "risk", Target(live.url, live.token))
     data = [t.data for t in client.tasks.list(project=project.id, fields="task_only", include="id,data")]
-    assert {d["split"] for d in data} == {"train", "test"}
+    assert {d["split"] for d in data} == {"train"}  # the test split is held out of the shards (RUN/eval)
     assert all(d["pick_reason"] and "gold_score" in d for d in data)
     output = live.cli("push", "--shards", str(pushed.shards), "--project", "risk", "--hide-gold", "--data", str(live.data), code=2)
     assert "shows the gold score" in output

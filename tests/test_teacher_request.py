@@ -38,7 +38,7 @@ def test_exact_keys_sent_for_vllm(row: dict) -> None:
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"]["properties"]["discrimination"]
     assert body["mm_processor_kwargs"] == {"use_audio_in_video": True}
-    assert body["media_io_kwargs"] == {"video": {"fps": 2.0}}
+    assert body["media_io_kwargs"] == {"video": {"num_frames": -1}}  # every frame of the MP4, never resampled
     parts = body["messages"][1]["content"]
     assert [p["type"] for p in parts] == ["video_url", "text"]
     assert parts[0]["uuid"].startswith(row["media_hash"])

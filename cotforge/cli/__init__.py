@@ -6,8 +6,11 @@ groups (review, train) live in their own modules and are added to the one app he
 
 from cotforge.cli import review as _review
 from cotforge.cli import stages as _stages  # noqa: F401 - registers the pipeline commands
+from cotforge.cli import train as _train
 from cotforge.cli.main import app
 
 app.add_typer(_review.app, name="review")
+app.add_typer(_train.app, name="train")
+app.command("eval")(_train.eval_command)
 
 __all__ = ["app"]

@@ -7,6 +7,9 @@ field itself (`config_option`), so the two cannot drift; everything else is `--s
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,12 +24,45 @@ RunOption = Annotated[Path, typer.Option("--run", help="Run directory (created i
 RESUME = "what is done is kept (ledger, cache, bundle parts); re-run the same command to resume."
 
 
-def _stage_errors():  # noqa: ANN202 - the exceptions every stage command turns into a clear exit
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run drains, records what it did, and exits 143 with the resume hint."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def stage_exits(interrupted: str = RESUME) -> Iterator[None]:
+    """Every way a stage command can stop, as one clear line and an exit code: 2 bad input, 3 teacher
+    unavailable, 4 budget reached, 130 Ctrl-C, 143 SIGTERM; what is done is always kept."""
+    import sqlite3
+
     from cotforge.sources import SourceError
     from cotforge.store.run import RunError
     from cotforge.store.shards import ExportError
+    from cotforge.teacher.client import TeacherBudgetReached, TeacherUnavailable
 
-    return (SourceError, RunError, ExportError)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    except (SourceError, RunError, ExportError) as exc:
+        fail(str(exc))
+    except TeacherUnavailable as exc:
+        fail(f"{exc}\n{RESUME}", code=3)
+    except TeacherBudgetReached as exc:
+        fail(f"budget reached: {exc}; {RESUME} (raise the budget to go on)", code=4)
+    except Terminated:
+        fail(f"terminated (SIGTERM); {interrupted}", code=143)
+    except KeyboardInterrupt:
+        fail(f"interrupted; {interrupted}", code=130)
+    except (sqlite3.OperationalError, OSError) as exc:
+        where = getattr(exc, "filename", None) or "the run folder"
+        fail(f"cannot write {where}: {exc}. Free disk space or make the run folder writable, then re-run the same "
+             "command: finished work is kept and nothing half-written is used")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -62,12 +98,8 @@ def bundle(
         fail(format_validation_error(exc, "the command-line options"))
     except ValueError as exc:
         fail(str(exc))
-    try:
+    with stage_exits("finished bundle parts are kept; re-run the same command to resume."):
         stats = run_bundle(cfg, run, retry_failed=retry_failed, quiet=quiet)
-    except _stage_errors() as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted; finished bundle parts are kept; re-run the same command to resume.", code=130)
     table = Table(title=f"bundle {run}", show_header=False)
     table.add_row("rows read", str(stats["rows"]))
     table.add_row("bundled now", str(stats["bundled"]))
@@ -172,20 +204,13 @@ def synth(
     are judged again from the cache: only what the new settings add is asked.
     """
     from cotforge.executors.local import LocalExecutor
-    from cotforge.teacher.client import TeacherUnavailable
 
     cfg = load_config(pipeline, run, set_ or [], _teacher_options(teacher_url, model, concurrency))
     if dry_run is not None:
         _dry_run(cfg, run, dry_run)
         return
-    try:
+    with stage_exits("every answer received is cached; re-run the same command to resume."):
         stats = LocalExecutor(cfg, "synth", quiet).synth(force).synth
-    except _stage_errors() as exc:
-        fail(str(exc))
-    except TeacherUnavailable as exc:
-        fail(f"{exc}\n{RESUME}", code=3)
-    except KeyboardInterrupt:
-        fail("interrupted; every answer received is cached; re-run the same command to resume.", code=130)
     print_teacher(stats)
     out.print(f"next: cotforge export --run {run}")
 
@@ -231,10 +256,8 @@ def export(
     from cotforge.executors.local import run_export
 
     cfg = load_config(None, run, set_ or [])
-    try:
+    with stage_exits():
         stats = run_export(cfg, run)
-    except _stage_errors() as exc:
-        fail(str(exc))
     print_export(run, stats)
 
 
@@ -264,16 +287,9 @@ def run_and_report(cfg, force: bool, quiet: bool):  # noqa: ANN001, ANN201 - Pip
     """`run` and `demo`: every stage, then the report."""
     from cotforge.executors.local import run_pipeline
     from cotforge.report import write_report
-    from cotforge.teacher.client import TeacherUnavailable
 
-    try:
+    with stage_exits():
         result = run_pipeline(cfg, cfg.run, force=force, quiet=quiet)
-    except _stage_errors() as exc:
-        fail(str(exc))
-    except TeacherUnavailable as exc:
-        fail(f"{exc}\n{RESUME}", code=3)
-    except KeyboardInterrupt:
-        fail(f"interrupted; {RESUME}", code=130)
     summary = write_report(cfg, cfg.run)
     print_teacher(result.synth)
     print_export(cfg.run, result.export)
@@ -288,13 +304,10 @@ def report(
 ) -> None:
     """Write RUN/report/ (summary.md + plots) for any run, whichever commands made it."""
     from cotforge.report import write_report
-    from cotforge.store.run import RunError
 
     cfg = load_config(None, run, set_ or [])
-    try:
+    with stage_exits():
         summary = write_report(cfg, run)
-    except RunError as exc:
-        fail(str(exc))
     out.print(f"report: {summary}")
 
 
@@ -302,7 +315,7 @@ def report(
 def plan(
     run: Annotated[Path, typer.Option("--run", help="Run directory with bundles.")],
     model: Annotated[Optional[str], config_option("teacher.model", "--model")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="Local folder of the teacher's tokenizer (needs transformers); else an estimate.")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="The teacher model's local folder (tokenizer + chat template; needs transformers): exact prompt tokens; else an estimate.")] = None,
     max_model_len: Annotated[Optional[int], config_option("teacher.max_model_len", "--max-model-len")] = None,
     prefill_tps: Annotated[float, typer.Option(help="Server prompt throughput, tokens/s (measure with `vllm bench serve`).")] = 4000.0,
     decode_tps: Annotated[float, typer.Option(help="Server generation throughput, tokens/s, all sequences together.")] = 1000.0,
@@ -312,20 +325,15 @@ def plan(
     from cotforge.steps.plan import run_plan
     from cotforge.store.run import RunError
 
+    from cotforge.teacher.plan import PromptCounter
+
     cfg = load_config(None, run, set_ or [], {"teacher.model": model, "teacher.max_model_len": max_model_len})
-    count = None
-    if tokenizer is not None:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            fail("--tokenizer needs transformers: pip install -e '.[train]'")
-        tok = AutoTokenizer.from_pretrained(str(tokenizer))
-
-        def count(text: str) -> int:
-            return len(tok(text)["input_ids"])
-
     try:
-        result = run_plan(cfg, run, count)
+        counter = PromptCounter.load(cfg.teacher.model, tokenizer)
+    except (ImportError, ValueError, OSError) as exc:
+        fail(f"--tokenizer: {exc}")
+    try:
+        result = run_plan(cfg, run, counter)
     except RunError as exc:
         fail(str(exc))
     if not result.clips:

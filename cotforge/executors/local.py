@@ -31,9 +31,9 @@ from cotforge.steps.read import ReadStep
 from cotforge.steps.teacher import ClipOutcome, TeacherStep
 from cotforge.store.run import RunDir, RunError
 from cotforge.teacher.backend import make_teacher
-from cotforge.teacher.client import ServedModel
+from cotforge.teacher.client import ServedModel, TeacherBudgetReached
 from cotforge.teacher.request import ready as media_ready
-from cotforge.types import Bundle, ClipFailure, ClipRef, ClipState
+from cotforge.types import Bundle, ClipFailure, ClipRef
 from cotforge.validate import ValidateConfig
 
 _END = object()
@@ -75,6 +75,7 @@ class LocalExecutor:
         self.run_dir = RunDir(cfg.run)
         self.result = PipelineResult()
         self.steps: dict[str, Any] = {}
+        self.budget_error: TeacherBudgetReached | None = None
 
     # --- the commands ----------------------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class LocalExecutor:
 
     async def _main(self, books: Bookkeeping, reader: ReadStep | None, teach: bool, retry_failed: bool, progress: Progress) -> None:
         cfg = self.cfg
+        self.budget_reached = asyncio.Event()
         async with AsyncExitStack() as stack:
             decode_pool = WorkerPool(cfg.exec.workers) if reader is not None else None
             media_pool = WorkerPool(cfg.teacher.media_workers) if teach else None
@@ -165,7 +167,8 @@ class LocalExecutor:
                     pool.warm(media_ready)  # workers start while the server answers the preflight
             client = None
             if teach:
-                client = make_teacher(cfg.teacher)
+                spent = self.run_dir.totals("client")  # what was sent, answered or not: the budget is the run's
+                client = make_teacher(cfg.teacher, spent["requests"], spent["prompt_tokens"] + spent["completion_tokens"])
                 await stack.enter_async_context(client)
                 # a wrong URL or model costs seconds, not a decode pass: the server answers before any work
                 await client.preflight()
@@ -184,21 +187,30 @@ class LocalExecutor:
                 books.retarget(cfg.teacher.splits, cfg.judge_fingerprint())
                 waiting, total = books.waiting()
                 teacher_task = progress.add_task("teacher", total=total, info="")
-                limit = cfg.teacher.concurrency + 2 * cfg.teacher.media_workers
+                limit = cfg.teacher.concurrency * max(1, len(cfg.teacher.endpoints)) + 2 * cfg.teacher.media_workers
                 queue = asyncio.Queue(maxsize=max(2, cfg.teacher.concurrency))
                 consumers = [asyncio.create_task(self._teach(step, client, books, queue, progress, teacher_task)) for _ in range(limit)]
                 producers.append(asyncio.create_task(self._feed(_iterate(waiting), queue)))
             if reader is not None:
                 producers.append(asyncio.create_task(self._decode(books, todo, decode_pool, queue, progress, teacher_task)))
+            closer: list[asyncio.Task] = []
+            budget = asyncio.create_task(self.budget_reached.wait())
             try:
-                await _first_error([*producers, *consumers], until=producers)
-                for _ in consumers:
-                    await queue.put(_END)
-                await _first_error(consumers, until=consumers)
+                await _first_error([*producers, *consumers, budget], until=producers, stop=budget)
+                if budget.done():
+                    # the run's budget is spent: nothing new is decoded or asked; clips in progress finish
+                    for task in producers:
+                        task.cancel()
+                if consumers:
+                    # the end marks go in beside the consumers, so one that died with a fatal error is seen
+                    closer.append(asyncio.create_task(_close(queue, len(consumers))))
+                await _first_error([*consumers, *closer], until=consumers)
             finally:
-                for task in [*producers, *consumers]:
+                for task in [*producers, *consumers, *closer, budget]:
                     task.cancel()
-                await asyncio.gather(*producers, *consumers, return_exceptions=True)
+                await asyncio.gather(*producers, *consumers, *closer, budget, return_exceptions=True)
+            if self.budget_error is not None:
+                raise self.budget_error
 
     async def _feed(self, rows: AsyncIterator[dict[str, Any]], queue: asyncio.Queue) -> None:
         async for row in rows:
@@ -266,7 +278,14 @@ class LocalExecutor:
         judged_with = self.cfg.judge_fingerprint()
         began = time.perf_counter()
         while (row := await queue.get()) is not _END:
-            outcome: ClipOutcome = await step.process(row)
+            if self.budget_reached.is_set():
+                continue  # left for the next run: bundled, resumable
+            try:
+                outcome: ClipOutcome = await step.process(row)
+            except TeacherBudgetReached as err:
+                self.budget_error = err
+                self.budget_reached.set()
+                continue
             step.count(outcome)
             books.judged(outcome.key, outcome.state, outcome.reason, outcome.answer, judged_with)
             s = step.stats
@@ -296,16 +315,21 @@ def http_faults(client: Stats) -> Stats:
     return Stats(Counter(counters), peaks=dict(client.peaks))
 
 
+async def _close(queue: asyncio.Queue, consumers: int) -> None:
+    for _ in range(consumers):
+        await queue.put(_END)
+
+
 async def _iterate(items: Iterator[Any]) -> AsyncIterator[Any]:
     """An iterator that reads files (a label file, bundle parts), walked without blocking the loop."""
     while (item := await asyncio.to_thread(next, items, _END)) is not _END:
         yield item
 
 
-async def _first_error(tasks: list[asyncio.Task], until: list[asyncio.Task]) -> None:
-    """Wait until every task in `until` is done; the first exception of any task stops the wait and is raised."""
+async def _first_error(tasks: list[asyncio.Task], until: list[asyncio.Task], stop: asyncio.Task | None = None) -> None:
+    """Wait until every task in `until` is done (or `stop` is); the first exception of any task is raised."""
     pending = set(tasks)
-    while any(not t.done() for t in until):
+    while any(not t.done() for t in until) and not (stop is not None and stop.done()):
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task.exception() is not None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cotforge.store.ledger import open_read_only
 
 WEIGHTS = {"rejected": 4.0, "hinted": 3.0, "lenient": 2.0, "error": 2.0, "rare": 1.5}
 """Risk points per signal; the error and rarity points scale with how extreme the row is in its split."""
@@ -135,13 +136,13 @@ def pick_risk(rows: list[dict[str, Any]], n: int, seed: int, lenient: dict[str, 
 def lenient_rows(ledger: Path | None) -> dict[str, bool]:
     """Row id -> whether its answer needed the lenient parser, from the run's ledger ({} without one).
 
-    Only read; opened like the pipeline opens it, so that SQLite removes the WAL side files it makes
-    on close (a read-only connection would leave them behind in the run folder).
+    Only read, and through the store's read-only opening, which leaves no SQLite side files in the
+    run folder and works on a read-only disk.
     """
     if ledger is None:
         return {}
     flags: dict[str, bool] = {}
-    with closing(sqlite3.connect(ledger)) as db:
+    with closing(open_read_only(ledger)) as db:
         for key, text in db.execute("SELECT key, answer FROM clips WHERE answer IS NOT NULL"):
             answer = json.loads(text)
             for sample, index in enumerate(answer.get("chosen") or []):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,15 +139,16 @@ def _seconds(stream: av.stream.Stream, container: av.container.InputContainer) -
 
 
 def video_tokens(video: Visual, fps: float | None, num_frames: int | None) -> int:
-    """Frames sampled at `fps` (or exactly `num_frames`), merged two by two in time: groups x cells per frame
-    (Qwen3-Omni's `smart_resize` within the video budget: 640x360 -> 220 a group, 1280x720 -> 720, 64x64 -> 144)."""
+    """Frames sampled at `fps` (or exactly `num_frames`; -1: every frame), merged two by two in time, an odd last
+    frame dropped as vLLM's processor does: groups x cells per frame (Qwen3-Omni's `smart_resize` within the video
+    budget: 640x360 -> 220 a group, 1280x720 -> 720, 64x64 -> 144)."""
     if video.frames is not None:
         frames = video.frames
-    elif num_frames is not None:
+    elif num_frames is not None and num_frames > 0:
         frames = num_frames
     else:
         frames = max(1, round(video.seconds * (fps or DEFAULT_FPS)))
-    return math.ceil(frames / QWEN3_OMNI.temporal) * QWEN3_OMNI.frame_cells(video.width, video.height)
+    return QWEN3_OMNI.video_tokens(frames, video.width, video.height)
 
 
 def image_tokens(width: int, height: int) -> int:

@@ -158,8 +158,9 @@ def _media_options(body: dict[str, Any], trusted: bool) -> MediaOptions:
     fps, num_frames = video_io.get("fps"), video_io.get("num_frames")
     if fps is not None and (not isinstance(fps, (int, float)) or isinstance(fps, bool) or fps <= 0):
         raise invalid("media_io_kwargs.video.fps must be a positive number", param="media_io_kwargs", value=fps)
-    if num_frames is not None and (not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1):
-        raise invalid("media_io_kwargs.video.num_frames must be a positive integer", param="media_io_kwargs", value=num_frames)
+    if num_frames is not None and (not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames == 0 or num_frames < -1):
+        raise invalid("media_io_kwargs.video.num_frames must be a positive integer, or -1 for every frame",
+                      param="media_io_kwargs", value=num_frames)
     return MediaOptions(bool(processor.get("use_audio_in_video", False)), fps, num_frames)
 
 

@@ -22,6 +22,7 @@ from cotforge.sources.rows import (
     check_range,
     normalise_split,
     parse_float,
+    inside_root,
     parse_id,
     row_digest,
 )
@@ -142,6 +143,8 @@ class ManifestSource:
                 ref.start, ref.end = max(0.0, start), end
                 if ref.end <= ref.start:
                     raise RowError(f"empty time range: [{start:g}, {end:g}] s")
+            media = inside_root(media, self.path.parent, self.cfg.allow_outside_root)
+            ref.media_path = str(media)
             if not media.is_file():
                 raise RowError(f"media file missing: {media}")
         except RowError as err:

@@ -27,6 +27,7 @@ from cotforge.sources.rows import (
     normalise_split,
     parse_float,
     parse_id,
+    inside_root,
     resolve_clip_file,
     row_digest,
 )
@@ -152,11 +153,12 @@ class MMSASource:
             start, end, text = self._transcript_segment(ref.video_id, ref.clip_id)
             ref.text = ref.text or text
         if start is None and end is None or self.cfg.segments == "off":
-            path = resolve_clip_file(self.root / "Raw" / ref.video_id, ref.clip_id, self._listing)
+            folder = inside_root(self.root / "Raw" / ref.video_id, self.root, self.cfg.allow_outside_root, folder=True)
+            path = resolve_clip_file(folder, ref.clip_id, self._listing)
             if path is None:
                 ref.media_path = str(self.root / "Raw" / ref.video_id / f"{ref.clip_id}.mp4")
                 raise RowError(f"media file missing: {ref.media_path}")
-            ref.media_path = str(path)
+            ref.media_path = str(inside_root(path, self.root, self.cfg.allow_outside_root))
             ref.clip_id = path.stem
             ref.key = f"{ref.dataset}/{ref.video_id}/{ref.clip_id}"
             return
@@ -166,6 +168,7 @@ class MMSASource:
         if ref.end <= ref.start:
             raise RowError(f"empty time range: [{start:g}, {end:g}] s")
         candidates = [self.root / (self.cfg.full_video_dir or self.spec.full_video_dir) / f"{ref.video_id}.mp4", self.root / "Raw" / f"{ref.video_id}.mp4"]
+        candidates = [inside_root(p, self.root, self.cfg.allow_outside_root) for p in candidates]
         found = next((p for p in candidates if p.is_file()), None)
         ref.media_path = str(found or candidates[0])
         if found is None:

@@ -52,6 +52,20 @@ def normalise_split(value: str) -> str:
     return split
 
 
+def inside_root(path: Path, root: Path, allow_outside: bool, folder: bool = False) -> Path:
+    """`path` with symlinks and `..` resolved, refused when it leaves the dataset root or is not a
+    regular file: a label row must not make cotforge read /etc/passwd or /dev/zero."""
+    resolved = path.resolve()
+    if not allow_outside and not resolved.is_relative_to(root.resolve()):
+        raise RowError(
+            f"path outside the dataset root: {path} is {resolved}, outside {root.resolve()} "
+            "(set source.allow_outside_root: true if that is meant)"
+        )
+    if not folder and resolved.exists() and not resolved.is_file():
+        raise RowError(f"not a regular file: {path}")
+    return resolved
+
+
 def resolve_clip_file(folder: Path, clip_id: str, listing: dict[Path, list[Path]]) -> Path | None:
     """Find Raw/<video>/<clip>.<ext>, tolerating ids whose zero padding was lost (0001 vs 1).
 

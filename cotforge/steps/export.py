@@ -24,7 +24,6 @@ from cotforge.store.ledger import Ledger
 from cotforge.store.run import RunDir, RunError
 from cotforge.store.shards import (
     EVAL_SCHEMA,
-    ExportError,
     SplitWriter,
     corpus_rows,
     inputs_hash,

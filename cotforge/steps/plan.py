@@ -6,46 +6,48 @@ copy is given, the teacher's own tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from cotforge.config import PipelineConfig
 from cotforge.steps.base import Step
 from cotforge.store.bundles import iter_bundles
 from cotforge.store.cache import ResponseCache
 from cotforge.store.run import RunDir
-from cotforge.teacher.plan import ClipPlan, PlanResult, estimate_text_tokens, plan_clip, plan_requests, rules_for
+from cotforge.teacher.plan import ClipPlan, PlanResult, PromptCounter, plan_requests
 from cotforge.teacher.request import build_request
 
-COLUMNS = ["key", "split", "dataset", "language", "text", "frame_timestamps", "frame_width", "frame_height",
-           "audio_num_samples", "audio_sample_rate"]
+COLUMNS = ["key", "split", "dataset", "language", "text", "label", "media_hash", "frame_timestamps", "frame_fps",
+           "frame_width", "frame_height", "audio_num_samples", "audio_sample_rate"]
 
 
 class PlanStep(Step):
+    """Bundle rows -> the prompt tokens of each clip's first request, counted on the exact request body."""
+
     name = "plan"
 
-    def __init__(self, cfg: PipelineConfig, count: Callable[[str], int] | None = None) -> None:
+    def __init__(self, cfg: PipelineConfig, counter: PromptCounter | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.rules = rules_for(cfg.teacher.model)
         self.scale = cfg.source.scale()
-        self.count_text = count or estimate_text_tokens
+        self.counter = counter or PromptCounter.load(cfg.teacher.model)
 
     def process(self, row: dict) -> ClipPlan:
-        return plan_clip(row, self.rules, self.scale, self.count_text)
+        body = build_request(row, self.cfg.teacher, self.scale).body
+        return self.counter.clip(row, body, self.cfg.teacher.video_codec)
 
     def count(self, result: ClipPlan) -> None:
         self.stats.inc("clips")
         self.stats.inc("prompt_tokens", result.prompt_tokens)
 
 
-def run_plan(cfg: PipelineConfig, run, count: Callable[[str], int] | None = None) -> PlanResult:
+def run_plan(cfg: PipelineConfig, run, counter: PromptCounter | None = None) -> PlanResult:
     """Plan every clip the teacher would get (its splits), from the run's bundles."""
     run_dir = RunDir(run)
     with run_dir.open_ledger(read_only=True) as ledger:
         locations = ledger.bundle_locations()
         refs = ledger.refs(locations)
     wanted = {k: v for k, v in locations.items() if refs.get(k, {}).get("split") in cfg.teacher.splits}
-    step = PlanStep(cfg, count)
+    step = PlanStep(cfg, counter)
     clips = list(step.run(_rows(run_dir, wanted, refs)))
     observed = None
     if run_dir.cache_path.is_file():
@@ -60,7 +62,7 @@ def run_plan(cfg: PipelineConfig, run, count: Callable[[str], int] | None = None
 def _rows(run_dir: RunDir, locations: dict[str, str], refs: dict[str, dict]) -> Iterator[dict]:
     for row in iter_bundles(run_dir.bundles, locations, columns=COLUMNS):
         ref = refs.get(row["key"]) or {}
-        yield {**row, "text": ref.get("text", row["text"]), "split": ref.get("split", row["split"])}
+        yield {**row, **{name: ref.get(name, row[name]) for name in ("text", "split", "label", "language")}}
 
 
 def preview_requests(cfg: PipelineConfig, run, limit: int) -> list[dict]:

@@ -11,9 +11,9 @@ The step knows nothing of scheduling: the executor hands it a client (`ask`), th
 cache (`get`/`put`, owned by bookkeeping) and an awaitable that runs media muxing somewhere (a
 worker pool). A clip's media is muxed once, at its first request that misses the cache, and the
 same bytes go with each of its requests (more samples, the hinted attempt): re-asking costs no
-muxing, and a server with a prefix cache sees the identical video again. At most
-`teacher.concurrency` HTTP requests are in flight (a semaphore around the call only), so muxing of
-the next clips overlaps the server's work and its batch stays full.
+muxing, and a server with an encoder cache sees the identical video, under the same `uuid`, again.
+The client holds at most `teacher.concurrency` requests in flight, so muxing of the next clips
+overlaps the server's work and its batch stays full.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any, Protocol
 from cotforge.config import ReaskConfig, TeacherConfig
 from cotforge.dc import ParseResult, parse_teacher
 from cotforge.steps.base import AsyncStep
-from cotforge.teacher.client import TeacherCallError, TeacherUnavailable
-from cotforge.teacher.plan import estimate_text_tokens, plan_clip, rules_for
-from cotforge.teacher.request import ClipMedia, build_request, encode_media, fill, media_uuids
+from cotforge.teacher.client import TeacherBudgetReached, TeacherCallError, TeacherUnavailable
+from cotforge.teacher.plan import PromptCounter
+from cotforge.teacher.request import ClipMedia, MediaPayload, build_request, encode_media, fill, media_uuids
 from cotforge.types import ClipState, TeacherResponse, reason_kind
 from cotforge.validate import ValidateConfig, Verdict, pick_best, validate
 
@@ -96,6 +96,10 @@ def rejection_reason(candidates: list[Candidate]) -> str:
     return f"rejected by {names}: {details} ({len(candidates)} samples)"
 
 
+class _CapReached(Exception):
+    """The clip has had all the paid requests it may have; judge what came back."""
+
+
 class TeacherStep(AsyncStep):
     """Bundle rows -> ClipOutcomes. Holds references only: the client, the cache and the media runner."""
 
@@ -117,11 +121,11 @@ class TeacherStep(AsyncStep):
         self.client = client
         self.cache = cache
         self.run_media = run_media
-        self.http = asyncio.Semaphore(teacher.concurrency)
-        self.rules = rules_for(teacher.model)
+        self.counter = PromptCounter.load(teacher.model)
+        self.cap = reask.request_cap(teacher.n)
 
     async def _fetch(
-        self, row: dict[str, Any], hint: str | None, attempt: int, payloads: dict[str, str]
+        self, row: dict[str, Any], hint: str | None, attempt: int, payloads: dict[str, MediaPayload]
     ) -> tuple[str, str, TeacherResponse]:
         """One request of a clip; `payloads` holds the clip's encoded media (filled at its first cache miss)."""
         request = build_request(row, self.teacher, self.validator.scale, hint=hint, attempt=attempt)
@@ -129,7 +133,7 @@ class TeacherStep(AsyncStep):
         if cached is not None:
             self.stats.inc("cache_hits")
             return request.cache_key, request.prompt_version, cached
-        self._check_budget(row)
+        self._check_budget(row, request.body)
         if any(uuid not in payloads for uuid in media_uuids(request.body)):
             media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
             try:
@@ -140,20 +144,19 @@ class TeacherStep(AsyncStep):
                 raise TeacherCallError(f"media encoding failed: {type(err).__name__}: {err}") from None
             self.stats.inc("media_encoded")
         body = fill(request.body, payloads)
-        async with self.http:
-            response = await self.client.ask(body, request.headers)
+        response = await self.client.ask(body, request.headers)
         self.stats.inc("requests")
         self.stats.inc("prompt_tokens", response.prompt_tokens or 0)
         self.stats.inc("completion_tokens", response.completion_tokens or 0)
         self.cache.put(request.cache_key, row["key"], request.prompt_version, hint is not None, response)
         return request.cache_key, request.prompt_version, response
 
-    def _check_budget(self, row: dict[str, Any]) -> None:
+    def _check_budget(self, row: dict[str, Any], body: dict[str, Any]) -> None:
         """A clip too long for the server's context fails before it is paid for, naming the budget."""
         budget = self.teacher.max_model_len
         if not budget:
             return
-        prompt = plan_clip(row, self.rules, self.validator.scale, estimate_text_tokens).prompt_tokens
+        prompt = self.counter.clip(row, body, self.teacher.video_codec).prompt_tokens
         if prompt + self.teacher.max_tokens > budget:
             raise TeacherCallError(
                 f"over the context budget: about {prompt:,} prompt + {self.teacher.max_tokens:,} completion tokens > "
@@ -162,6 +165,10 @@ class TeacherStep(AsyncStep):
             )
 
     def _judge(self, cache_key: str, response: TeacherResponse, gold: float, hinted: bool) -> list[Candidate]:
+        if not response.contents:
+            # a 200 with no choices is a malformed answer: it counts as one sample, so re-asking ends
+            parse = ParseResult(None, "malformed answer: no choices in the response", lenient=False)
+            return [Candidate(cache_key, 0, hinted, parse, validate(parse, gold, self.validator, hinted=hinted), "")]
         out = []
         for index, (content, finish) in enumerate(zip(response.contents, response.finish_reasons, strict=False)):
             parse = parse_teacher(content)
@@ -172,7 +179,7 @@ class TeacherStep(AsyncStep):
         """One clip's terminal outcome; only a fatal teacher error (TeacherUnavailable) escapes."""
         try:
             return await self._process(row)
-        except (TeacherUnavailable, asyncio.CancelledError):
+        except (TeacherUnavailable, TeacherBudgetReached, asyncio.CancelledError):
             raise
         except Exception as err:  # noqa: BLE001 - a bug must fail one clip with its reason, not the run
             return ClipOutcome(row["key"], ClipState.FAILED, f"internal error: {type(err).__name__}: {err}", {"requests": 0})
@@ -183,10 +190,13 @@ class TeacherStep(AsyncStep):
         candidates: list[Candidate] = []
         prompt_tokens = completion_tokens = requests = 0
         model = version = None
-        payloads: dict[str, str] = {}
+        payloads: dict[str, MediaPayload] = {}
 
         async def ask(hint: str | None, attempt: int) -> None:
             nonlocal prompt_tokens, completion_tokens, requests, model, version
+            if requests >= self.cap:
+                # no path may spend more than the cap on one clip (reask.max_requests)
+                raise _CapReached
             cache_key, version, response = await self._fetch(row, hint, attempt, payloads)
             requests += 0 if response.cached else 1
             model = response.model
@@ -206,6 +216,11 @@ class TeacherStep(AsyncStep):
         except TeacherCallError as err:
             answer = {"requests": requests, "candidates": [c.summary() for c in candidates], "seconds": time.perf_counter() - began}
             return ClipOutcome(row["key"], ClipState.FAILED, str(err), answer)
+        except _CapReached:
+            self.stats.inc("capped")
+            if not candidates:
+                reason = f"request cap: {requests} paid requests and no answer (reask.max_requests={self.cap})"
+                return ClipOutcome(row["key"], ClipState.FAILED, reason, {"requests": requests, "candidates": []})
         chosen = self._choose(candidates)
         best = candidates[chosen[0]] if chosen else None
         answer = {

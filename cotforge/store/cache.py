@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cotforge.store.ledger import open_read_only
 from cotforge.types import TeacherResponse
 
 SCHEMA = """
@@ -38,7 +39,7 @@ class ResponseCache:
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.read_only = read_only
         if read_only:
-            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            self.db = open_read_only(path)
             self.hits = self.misses = 0
             return
         self.db = sqlite3.connect(path, timeout=30.0)

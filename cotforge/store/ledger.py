@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -65,6 +66,39 @@ LABEL_FIELDS = ("text", "label", "split", "label_T", "label_A", "label_V", "anno
 JUDGED = (ClipState.ACCEPTED, ClipState.REJECTED)
 
 
+def where_not_writable(folder: Path) -> str:
+    """Why a folder cannot take writes, when the system says so: the part of an error message a user acts on."""
+    try:
+        probe = os.statvfs(folder)
+    except OSError:
+        return ""
+    if probe.f_flag & os.ST_RDONLY:
+        return " (read-only file system)"
+    if probe.f_bavail == 0:
+        return " (the disk is full)"
+    return ""
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, and leaves no files behind.
+
+    With no `-wal` beside the database, no writer has it open (a WAL writer keeps that file while it
+    lives), so the file is read as immutable: SQLite then makes no `-wal`/`-shm` of its own, which a
+    read-only connection could not remove on close (they would stay in the run folder). With a
+    live writer, a plain read-only connection sees its commits; on a read-only disk, where SQLite
+    cannot make its `-shm`, the immutable read is the fallback.
+    """
+    uri = path.resolve().as_uri()
+    if not path.with_name(path.name + "-wal").exists():
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30.0)
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0)
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return db
+    except sqlite3.OperationalError:
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30.0)
+
+
 def _ref_json(ref: ClipRef) -> str:
     return json.dumps(ref.as_dict(), ensure_ascii=False, sort_keys=True)
 
@@ -89,17 +123,20 @@ class Ledger:
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         if read_only:
-            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            self.db = open_read_only(path)
             return
-        self.db = sqlite3.connect(path, timeout=30.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(clips)")}
-        for column, kind in ADDED_COLUMNS.items():
-            if column not in have:
-                self.db.execute(f"ALTER TABLE clips ADD COLUMN {column} {kind}")
-        self.db.commit()
+        try:
+            self.db = sqlite3.connect(path, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(clips)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE clips ADD COLUMN {column} {kind}")
+            self.db.commit()
+        except sqlite3.OperationalError as err:
+            raise sqlite3.OperationalError(f"{path}: {err}{where_not_writable(path.parent)}") from None
 
     def close(self) -> None:
         self.db.close()

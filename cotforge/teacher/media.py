@@ -20,7 +20,8 @@ from PIL import Image
 from cotforge.media.encode import flac_to_pcm
 
 
-def _rate(fps: float) -> Fraction:
+def container_rate(fps: float) -> Fraction:
+    """The frame rate mux_mp4 writes into the MP4 (what a server's video loader reads back)."""
     return Fraction(fps).limit_denominator(1000) if fps > 0 else Fraction(1)
 
 
@@ -28,7 +29,7 @@ def mux_mp4(frames: list[bytes], fps: float, audio_flac: bytes | None, codec: st
     """JPEG frames (+ FLAC audio) -> MP4 bytes: H.264/AAC by default, or MJPEG/FLAC, which copies the
     bundle's JPEG and FLAC packets as they are (no encoding at all: about a ms a clip, against tens)."""
     buf = io.BytesIO()
-    rate = _rate(fps)
+    rate = container_rate(fps)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(av.open(buf, "w", format="mp4"))
         flac = stack.enter_context(av.open(io.BytesIO(audio_flac), format="flac")) if audio_flac and codec == "mjpeg" else None

@@ -2,12 +2,20 @@
 
 It takes the same materialized request dict as the HTTP client and answers with the same
 TeacherResponse, so prompts, cache keys, validation and shards are identical whichever backend made
-them. vLLM is imported only when this backend is chosen.
+them. vLLM is imported only when this backend is chosen. Run end to end on a real (CPU) vLLM with a
+tiny Qwen2.5-Omni by tests/test_vllm_cpu.py.
+
+Two differences from the server, both from `LLM.chat` taking one set of options per call:
+* `mm_processor_kwargs` are per call, so a batch is split into one call per distinct value;
+* `media_io_kwargs` exist only per engine, so the request's `fps` is not applied: the engine keeps
+  every frame of the MP4 (which holds exactly the bundle's frames at their rate), where a server
+  re-samples at the requested fps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -17,9 +25,11 @@ from cotforge.teacher.client import TeacherCallError, TeacherUnavailable
 from cotforge.types import TeacherResponse
 
 INSTALL_HINT = (
-    "teacher.backend=vllm-offline needs vLLM and a GPU: pip install -e '.[teacher-vllm]' on a CUDA machine "
+    "teacher.backend=vllm-offline needs vLLM: pip install -e '.[teacher-vllm]' on a CUDA machine "
     "(or serve the model with `vllm serve` and use the default openai backend)"
 )
+
+Pending = tuple[dict[str, Any], asyncio.Future]
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
@@ -40,12 +50,19 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _fail(batch: list[Pending], error: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
 class OfflineTeacher:
     """Same interface as TeacherClient (`preflight`, `ask`, `stats`), backed by `vllm.LLM.chat`.
 
     Requests are micro-batched: whatever arrives while the engine is busy (up to
     `teacher.concurrency`) goes into the next `LLM.chat` call as one list, so the engine's
-    continuous batching sees a full batch instead of one conversation at a time.
+    continuous batching sees a full batch instead of one conversation at a time. `engine_kwargs`
+    go to `vllm.LLM` (max_model_len, tensor_parallel_size, ...) over the defaults below.
     """
 
     def __init__(self, cfg: TeacherConfig, engine_kwargs: dict[str, Any] | None = None) -> None:
@@ -53,7 +70,7 @@ class OfflineTeacher:
         self.stats = Stats()
         self.engine_kwargs = engine_kwargs or {}
         self._llm: Any = None
-        self._queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
     async def __aenter__(self) -> OfflineTeacher:
@@ -61,13 +78,15 @@ class OfflineTeacher:
             from vllm import LLM
         except ImportError:
             raise TeacherUnavailable(INSTALL_HINT) from None
+        kwargs: dict[str, Any] = {
+            "limit_mm_per_prompt": {"image": 0, "video": 1, "audio": 1},
+            "mm_processor_cache_gb": 0,
+            "media_io_kwargs": {"video": {"num_frames": -1}},
+        }
+        if self.cfg.media_dir is not None:
+            kwargs["allowed_local_media_path"] = str(self.cfg.media_dir.resolve())
         try:
-            self._llm = LLM(
-                model=self.cfg.model,
-                limit_mm_per_prompt={"image": 0, "video": 1, "audio": 1},
-                mm_processor_cache_gb=0,
-                **self.engine_kwargs,
-            )
+            self._llm = LLM(model=self.cfg.model, **{**kwargs, **self.engine_kwargs})
         except Exception as err:  # noqa: BLE001 - CUDA missing, out of memory, unknown model: all fatal here
             raise TeacherUnavailable(f"cannot start vLLM's offline engine for {self.cfg.model}: {err}. {INSTALL_HINT}") from None
         self._worker = asyncio.create_task(self._serve())
@@ -76,12 +95,21 @@ class OfflineTeacher:
     async def __aexit__(self, *exc: object) -> None:
         if self._worker is not None:
             self._worker.cancel()
-        self._llm = None
+            await asyncio.gather(self._worker, return_exceptions=True)
+        while not self._queue.empty():
+            _fail([self._queue.get_nowait()], TeacherUnavailable("the offline engine was closed"))
+        if self._llm is not None:
+            engine_core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
+            if engine_core is not None:
+                engine_core.shutdown()
+            self._llm = None
 
     async def preflight(self) -> list[str]:
         return [self.cfg.model]
 
     async def ask(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> TeacherResponse:
+        if self._worker is None or self._worker.done():
+            raise TeacherUnavailable("the offline engine is not running")
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.stats.inc("requests")
         await self._queue.put((body, future))
@@ -92,26 +120,40 @@ class OfflineTeacher:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < self.cfg.concurrency:
                 batch.append(self._queue.get_nowait())
-            await self._run_batch(batch)
+            groups: dict[str, list[Pending]] = {}
+            for item in batch:
+                groups.setdefault(json.dumps(item[0].get("mm_processor_kwargs"), sort_keys=True), []).append(item)
+            for group in groups.values():
+                await self._answer(group)
 
-    async def _run_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
+    async def _answer(self, group: list[Pending]) -> None:
+        """Answer a group in one `LLM.chat` call; every future is resolved, whatever happens."""
+        try:
+            await self._run_batch(group)
+        except asyncio.CancelledError:
+            _fail(group, TeacherUnavailable("the offline engine was closed"))
+            raise
+        except Exception as err:  # noqa: BLE001 - a refused request fails its clip, never the others or the run
+            if len(group) > 1:  # one refused conversation fails the whole call: ask them one by one
+                for item in group:
+                    if not item[1].done():
+                        await self._answer([item])
+                return
+            self.stats.inc(f"failures/{type(err).__name__}")
+            _fail(group, TeacherCallError(f"vLLM offline engine refused the request: {err}"))
+
+    async def _run_batch(self, batch: list[Pending]) -> None:
         from vllm import SamplingParams
 
         began = time.perf_counter()
         bodies = [body for body, _ in batch]
-        try:
-            outputs = await asyncio.to_thread(
-                self._llm.chat,
-                [body["messages"] for body in bodies],
-                [SamplingParams(**_sampling(body)) for body in bodies],
-                mm_processor_kwargs=bodies[0].get("mm_processor_kwargs"),
-                use_tqdm=False,
-            )
-        except Exception as err:  # noqa: BLE001 - a batch the engine refuses fails its clips, not the run
-            self.stats.inc(f"failures/{type(err).__name__}", len(batch))
-            for _, future in batch:
-                future.set_exception(TeacherCallError(f"vLLM offline engine refused the request: {err}"))
-            return
+        outputs = await asyncio.to_thread(
+            self._llm.chat,
+            [body["messages"] for body in bodies],
+            [SamplingParams(**_sampling(body)) for body in bodies],
+            mm_processor_kwargs=bodies[0].get("mm_processor_kwargs"),
+            use_tqdm=False,
+        )
         latency = time.perf_counter() - began
         for (_, future), output in zip(batch, outputs, strict=True):
             prompt = len(output.prompt_token_ids or [])
@@ -119,11 +161,12 @@ class OfflineTeacher:
             self.stats.inc("succeeded")
             self.stats.inc("prompt_tokens", prompt)
             self.stats.inc("completion_tokens", completion)
-            future.set_result(TeacherResponse(
-                contents=[c.text for c in output.outputs],
-                finish_reasons=[c.finish_reason or "" for c in output.outputs],
-                model=self.cfg.model,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                latency_s=latency,
-            ))
+            if not future.done():
+                future.set_result(TeacherResponse(
+                    contents=[c.text for c in output.outputs],
+                    finish_reasons=[c.finish_reason or "" for c in output.outputs],
+                    model=self.cfg.model,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    latency_s=latency,
+                ))

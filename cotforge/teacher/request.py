@@ -5,9 +5,15 @@ A request is first built in *canonical* form, where each media part holds only t
 cache hit costs no media encoding at all, and the key changes exactly when the model, prompt
 version, media, sampling or schema do. Just before sending, `encode_media` makes the payload of each
 media part (in a worker process: muxing costs tens of ms) and `fill` puts them into a copy of the
-body. The payloads are keyed by the part's `uuid`, so a clip asked several times (more samples, the
-hinted attempt) encodes its media once and sends the same bytes each time; `materialize` does both
-steps for one request.
+body, setting each part's `uuid` to the SHA-256 of the bytes it carries. The payloads are keyed by
+the canonical `uuid`, so a clip asked several times (more samples, the hinted attempt) encodes its
+media once and sends the same bytes, under the same `uuid`, each time; `materialize` does both steps
+for one request.
+
+That `uuid` is what vLLM keys its encoder cache by, and the cache outlives a run and is shared by
+every client of the server: a `uuid` reused for other bytes (another codec, mode or muxer version
+of the same bundle) makes vLLM fail the request with a 500 (or, when the embedding counts happen to
+match, silently answer about the old media). Hashing the bytes sent leaves no way to reuse it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cotforge.config import TeacherConfig
 from cotforge.resources import load_schema
@@ -86,7 +92,9 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     if cfg.mm_kwargs == "request":
         if cfg.media_mode == "video_audio":
             body["mm_processor_kwargs"] = {"use_audio_in_video": True}
-        body["media_io_kwargs"] = {"video": {"fps": round(float(row["frame_fps"]), 4)}}
+        # every frame of the MP4 (it holds exactly the bundle's frames, at their rate): a requested fps makes
+        # vLLM resample, and a rounded fps silently drops frames (seen on a real server: 32 sent, 30 seen)
+        body["media_io_kwargs"] = {"video": {"num_frames": -1}}
     canonical = json.dumps({"body": body, "codec": cfg.video_codec}, sort_keys=True, ensure_ascii=False)
     headers = {}
     if cfg.simulated:
@@ -117,35 +125,49 @@ def media_uuids(body: dict[str, Any]) -> list[str]:
     return [p["uuid"] for p in _media_parts(body)]
 
 
-def encode_media(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None) -> dict[str, str]:
-    """uuid -> payload of each media part of `body`: a data URL (or a file:// URL of an MP4 under
-    `media_dir`) for the video, base64 WAV for a separate audio part. Runs in a worker process."""
+class MediaPayload(NamedTuple):
+    """What one media part carries: `data` (a data or file:// URL, or base64 WAV) and `uuid`, the hash of its bytes."""
+
+    data: str
+    uuid: str
+
+
+def encode_media(
+    body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None
+) -> dict[str, MediaPayload]:
+    """canonical uuid -> payload of each media part of `body`: a data URL (or a file:// URL of an MP4
+    under `media_dir`) for the video, base64 WAV for a separate audio part. Runs in a worker process."""
     parts = _media_parts(body)
     separate = any(p["type"] == "input_audio" for p in parts)
     payloads = {}
     for part in parts:
         if part["type"] == "video_url":
             if media_dir is not None:
-                payloads[part["uuid"]] = _local_video(media_dir, part["uuid"], media, codec, separate)
+                url, mp4 = _local_video(media_dir, part["uuid"], media, codec, separate)
             else:
                 mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
-                payloads[part["uuid"]] = data_url("video/mp4", mp4)
+                url = data_url("video/mp4", mp4)
+            payloads[part["uuid"]] = MediaPayload(url, media_uuid(mp4))
         else:
-            payloads[part["uuid"]] = base64.b64encode(wav_bytes(media.audio_flac)).decode("ascii")
+            wav = wav_bytes(media.audio_flac)
+            payloads[part["uuid"]] = MediaPayload(base64.b64encode(wav).decode("ascii"), media_uuid(wav))
     return payloads
 
 
-def fill(body: dict[str, Any], payloads: dict[str, str]) -> dict[str, Any]:
-    """A copy of the canonical `body` with each media placeholder replaced by its payload (the body is
-    not changed; only the parts on the way to the media are copied, so this is cheap in the event loop)."""
+def fill(body: dict[str, Any], payloads: dict[str, MediaPayload]) -> dict[str, Any]:
+    """A copy of the canonical `body` with each media placeholder replaced by its payload and its `uuid`
+    by the hash of the bytes sent (the body is not changed; only the parts on the way to the media are
+    copied, so this is cheap in the event loop)."""
     messages = list(body["messages"])
     messages[1] = dict(messages[1])
     content = messages[1]["content"] = list(messages[1]["content"])
     for index, part in enumerate(content):
         if part["type"] == "video_url":
-            content[index] = {**part, "video_url": {**part["video_url"], "url": payloads[part["uuid"]]}}
+            sent = payloads[part["uuid"]]
+            content[index] = {**part, "uuid": sent.uuid, "video_url": {**part["video_url"], "url": sent.data}}
         elif part["type"] == "input_audio":
-            content[index] = {**part, "input_audio": {**part["input_audio"], "data": payloads[part["uuid"]]}}
+            sent = payloads[part["uuid"]]
+            content[index] = {**part, "uuid": sent.uuid, "input_audio": {**part["input_audio"], "data": sent.data}}
     return {**body, "messages": messages}
 
 
@@ -154,15 +176,22 @@ def materialize(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: P
     return fill(body, encode_media(body, media, codec, media_dir))
 
 
-def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separate: bool) -> str:
-    """Content-addressed MP4 in a shared folder: written once, so a re-ask or re-run reuses it."""
+def media_uuid(data: bytes) -> str:
+    """The `uuid` of a media part: names exactly the bytes sent (see the module docstring)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separate: bool) -> tuple[str, bytes]:
+    """(file:// URL, bytes) of the clip's MP4 in a shared folder: written once, so a re-ask or re-run reuses it."""
     path = media_dir / f"{uuid.replace(':', '-')}-{codec}.mp4"
-    if not path.is_file():
-        media_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec))
-        tmp.rename(path)
-    return path.resolve().as_uri()
+    if path.is_file():
+        return path.resolve().as_uri(), path.read_bytes()
+    mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
+    media_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(mp4)
+    tmp.rename(path)
+    return path.resolve().as_uri(), mp4
 
 
 def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

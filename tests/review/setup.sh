@@ -4,7 +4,7 @@
 # start the server (`cotforge review serve` would otherwise build it on first use, 1-2 min).
 # Usage: COTFORGE_LABEL_STUDIO_VENV=/path/to/venv bash tests/review/setup.sh
 set -euo pipefail
-: "${COTFORGE_LABEL_STUDIO_VENV:?set COTFORGE_LABEL_STUDIO_VENV to the folder for Label Studio's virtualenv}"
+: "${COTFORGE_LABEL_STUDIO_VENV:?set COTFORGE_LABEL_STUDIO_VENV to the folder of the Label Studio virtualenv}"
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -q && apt-get install -y -q chromium
