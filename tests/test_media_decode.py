@@ -65,6 +65,8 @@ def reference(ref: ClipRef, cfg: MediaConfig) -> tuple[list[float], list[np.ndar
                 pick = frames[later - 1] if later and target - frames[later - 1][0] < frames[later][0] - target else frames[later]
             if not taken or taken[-1][0] != pick[0]:
                 taken.append(pick)
+        if len(taken) % 2:  # an even count (see test_the_frame_count_is_even_and_at_least_two)
+            taken = taken[:-1] if len(taken) > 1 else taken * 2
         w, h = scaled_size(video.codec_context.width, video.codec_context.height, cfg.size)
         images = []
         for _, frame in taken:
@@ -115,3 +117,42 @@ def test_a_time_range_gets_exactly_its_span_of_audio(demo_factory) -> None:
     for ref in clips(demo.root, "mosei"):
         bundle = decode_clip(ref, MediaConfig())
         assert bundle.audio_num_samples == round(bundle.duration * 16000)
+
+
+def video_only(path: Path, frames: int, fps: int = 25) -> ClipRef:
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for number in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 9 * number % 256, np.uint8), format="rgb24")
+            frame.pts = number
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return ClipRef(key=f"t/{path.stem}/1", dataset="mosi", video_id=path.stem, clip_id="1", split="train", text="",
+                   label=0.0, media_path=str(path), language="en")
+
+
+@pytest.mark.parametrize(
+    ("frames", "cfg", "count"),
+    [
+        (63, MediaConfig(), 4),  # 2.52 s at 2 fps: 5 targets, the last dropped
+        (50, MediaConfig(max_frames=3), 2),  # an odd cap is taken as the even number below it
+        (8, MediaConfig(), 2),  # 0.32 s: too short for 2 fps, sampled at its start and middle
+        (50, MediaConfig(fps=25.0, max_frames=64), 50),  # every frame (non-reference ones skipped, so pairs meet)
+        (1, MediaConfig(), 2),  # one picture: stored twice
+    ],
+)
+def test_the_frame_count_is_even_and_at_least_two(tmp_path: Path, frames: int, cfg: MediaConfig, count: int) -> None:
+    """vLLM's Qwen video processor drops an odd last frame and divides by zero on a single one."""
+    cfg = cfg.model_copy(update={"require_audio": False})
+    bundle = decode_clip(video_only(tmp_path / "v.mp4", frames), cfg)
+    assert len(bundle.frames) % 2 == 0 and len(bundle.frames) >= 2
+    assert len(bundle.frames) <= count and len(bundle.frame_timestamps) == len(bundle.frames)
+    # the timestamps stay those of the frames taken: in order, inside the clip, one sample step apart at most
+    times = bundle.frame_timestamps
+    assert times == sorted(times) and 0 <= times[0] and times[-1] < bundle.duration
+    if frames > 1:
+        assert len(set(times)) == len(times)
+        assert len(bundle.frames) == count or cfg.skip_nonref
+    for got, target in zip(times, [i / bundle.frame_fps for i in range(len(times))], strict=True):
+        assert abs(got - target) <= max(1 / 25, 0.5 / bundle.frame_fps) + 1e-6

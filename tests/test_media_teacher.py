@@ -16,7 +16,7 @@ from cotforge.media.decode import decode_clip
 from cotforge.sources import open_source
 from cotforge.steps.teacher import TeacherStep
 from cotforge.store.bundles import bundle_row
-from cotforge.teacher.request import ClipMedia, build_request, encode_media, fill, materialize
+from cotforge.teacher.request import ClipMedia, build_request, encode_media, fill, materialize, media_uuid
 from cotforge.types import MOSI_SCALE, TeacherResponse
 from cotforge.validate import ValidateConfig
 
@@ -74,6 +74,7 @@ def test_a_re_asked_clip_is_muxed_once_and_sends_the_same_bytes(row: dict, codec
     parts = [body["messages"][1]["content"][0] for body in client.bodies]
     assert len({p["video_url"]["url"] for p in parts}) == 1 and len({p["uuid"] for p in parts}) == 1
     mp4 = base64.b64decode(parts[0]["video_url"]["url"].split(",", 1)[1])
+    assert parts[0]["uuid"] == media_uuid(mp4)  # the uuid names the bytes sent, as vLLM's encoder cache needs
     with av.open(io.BytesIO(mp4)) as container:
         assert container.streams.video[0].codec_context.name == codec
         assert len(list(container.decode(video=0))) == len(row["frames"])

@@ -68,6 +68,18 @@ class _FrameSampler:
             self._take(*self.prev)
             self.next += 1
 
+    def pair(self) -> None:
+        """Make the frame count even (see `_targets`): two targets can land on one decoded frame, which
+        is taken once. Drop the last frame of an odd count; a lone frame (a clip of one picture) is
+        stored twice, with its own timestamp each time."""
+        if len(self.frames) % 2 == 0:
+            return
+        if len(self.frames) > 1:
+            del self.frames[-1], self.times[-1]
+        else:
+            self.frames.append(self.frames[0])
+            self.times.append(self.times[0])
+
     def _take(self, t: float, frame: av.VideoFrame) -> None:
         if self.times and self.times[-1] == t:
             return
@@ -117,10 +129,19 @@ class _AudioTrack:
 
 
 def _targets(start: float, end: float, cfg: MediaConfig, source_fps: float) -> tuple[list[float], float]:
-    """Sample times over [start, end): at `fps`, spread wider when the clip would exceed `max_frames`."""
+    """Sample times over [start, end): at `fps`, spread wider when the clip would exceed `max_frames`.
+
+    The count is even and at least 2: Qwen's video processor (vLLM) groups frames in pairs, drops an
+    odd last frame and fails on a single one. An odd count loses its last time (the others keep
+    theirs); a clip too short for two samples at `fps` is sampled at its start and middle.
+    """
     span = max(end - start, 1e-6)
-    fps = min(cfg.fps, cfg.max_frames / span, source_fps or cfg.fps)
-    count = min(cfg.max_frames, max(1, int(np.floor(span * fps + 1e-9))))
+    limit = max(2, cfg.max_frames - cfg.max_frames % 2)
+    fps = min(cfg.fps, limit / span, source_fps or cfg.fps)
+    count = min(limit, int(np.floor(span * fps + 1e-9)))
+    count -= count % 2
+    if count < 2:
+        count, fps = 2, 2 / span
     return [start + i / fps for i in range(count)], fps
 
 
@@ -225,6 +246,7 @@ def _decode_open(ref: ClipRef, cfg: MediaConfig, container: av.container.InputCo
         sampler.finish()
         if not sampler.frames:
             raise DecodeError("no video frame could be decoded")
+        sampler.pair()
     if audio is not None and last_audio_t < min(end, audio_s or end) - TRUNCATION_SLACK_S:
         raise DecodeError(
             f"undecodable: audio stream ends at t={last_audio_t - start:.2f} s of {end - start:.2f} s (truncated file?)"
