@@ -303,7 +303,10 @@ def test_an_interrupted_run_resumes_without_repeating_a_teacher_call(demo, tmp_p
         path = tmp_path / "p.yaml"
         path.write_text(yaml.safe_dump(cfg.public_dump()))
         command = [sys.executable, "-m", "cotforge.cli", "run", str(path), "--run", str(run), "-q"]
-        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIG_DFL in the child: under a background job (CI started with `&`) SIGINT arrives ignored, and an
+        # ignored SIGINT is inherited across exec, so Ctrl-C would never reach the run.
+        first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # wait on a condition: two clips judged, the rest held by the hang
             time.sleep(0.2)

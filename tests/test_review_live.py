@@ -76,7 +76,9 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
     with serve_log.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cotforge.cli", "review", "serve", "--port", str(port), "--data", str(data)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+                                stdout=log, stderr=subprocess.STDOUT, env=env,
+                                # Ctrl-C must reach it even under a background job, which inherits SIGINT ignored
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
     while not (data / "server.json").is_file():

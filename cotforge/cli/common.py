@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -74,7 +74,7 @@ def overrides(options: dict[str, object], sets: list[str]) -> dict[str, Any]:
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: --set teacher.concurrency=64.")]
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -34,23 +34,15 @@ STAGES = {"media": "playable clips", "import": "import tasks", "apply": "shard p
 
 @contextmanager
 def _progress(quiet: bool) -> Iterator:
-    """A progress(stage, advance, total) callback drawing one rich bar per stage."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    """A progress(stage, advance, total) callback drawing one rich bar per stage (the stages' own bars)."""
+    from cotforge.executors.progress import make_progress
 
-    bars = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, disable=quiet)
+    bars = make_progress(quiet)
     tasks: dict[str, int] = {}
 
     def update(stage: str, advance: int, total: int | None) -> None:
         if stage not in tasks:
-            tasks[stage] = bars.add_task(STAGES.get(stage, stage), total=total)
+            tasks[stage] = bars.add_task(STAGES.get(stage, stage), total=total, info="")
         elif total is not None:
             bars.update(tasks[stage], total=total)
         if advance:

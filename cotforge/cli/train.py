@@ -68,6 +68,24 @@ def _require() -> None:
         fail(str(exc))
 
 
+def _train(stage: str, shards: Optional[Path], out_dir: Optional[Path], config: Optional[Path], sets: Optional[list[str]],
+           **fields: object) -> Path:
+    """Load the stage's config (YAML, then the options given, then --set) and train; errors in one line."""
+    _require()
+    _logging()
+    from cotforge.train.config import HintGRPOConfig, SFTTrainConfig, load_train_config
+    from cotforge.train.grpo import run_grpo
+    from cotforge.train.sft import run_sft
+
+    kind, runner = (SFTTrainConfig, run_sft) if stage == "sft" else (HintGRPOConfig, run_grpo)
+    try:
+        cfg = load_train_config(kind, config, sets or [], shards=str(shards) if shards else None,
+                                output_dir=str(out_dir) if out_dir else None, **fields)
+        return runner(cfg)
+    except _train_errors() as exc:
+        fail(str(exc))
+
+
 @app.command("sft")
 def sft(
     shards: ShardsOption = None,
@@ -80,19 +98,8 @@ def sft(
     sets: SetOption = None,
 ) -> None:
     """SFT cold start on the shards' DC targets (TRL SFTTrainer; loss on the assistant turn only)."""
-    _require()
-    _logging()
-    from cotforge.train.config import SFTTrainConfig, load_train_config
-    from cotforge.train.sft import run_sft
-
-    try:
-        cfg = load_train_config(
-            SFTTrainConfig, config, sets or [], shards=str(shards) if shards else None, model_name_or_path=model,
-            output_dir=str(out_dir) if out_dir else None, lora=lora, text_only=text_only, max_steps=max_steps,
-        )
-        saved = run_sft(cfg)
-    except _train_errors() as exc:
-        fail(str(exc))
+    saved = _train("sft", shards, out_dir, config, sets, model_name_or_path=model, lora=lora, text_only=text_only,
+                   max_steps=max_steps)
     out.print(f"SFT checkpoint: {saved} (reload with from_pretrained; next: cotforge train grpo --model {saved})")
 
 
@@ -110,20 +117,8 @@ def grpo(
     sets: SetOption = None,
 ) -> None:
     """Hint-GRPO (or plain GRPO) with DC rewards; the Omni student gets its audio and frames in the loss too."""
-    _require()
-    _logging()
-    from cotforge.train.config import HintGRPOConfig, load_train_config
-    from cotforge.train.grpo import run_grpo
-
-    try:
-        cfg = load_train_config(
-            HintGRPOConfig, config, sets or [], shards=str(shards) if shards else None, model_name_or_path=model,
-            output_dir=str(out_dir) if out_dir else None, hint=hint, num_generations=num_generations, lora=lora,
-            text_only=text_only, max_steps=max_steps,
-        )
-        saved = run_grpo(cfg)
-    except _train_errors() as exc:
-        fail(str(exc))
+    saved = _train("grpo", shards, out_dir, config, sets, model_name_or_path=model, hint=hint,
+                   num_generations=num_generations, lora=lora, text_only=text_only, max_steps=max_steps)
     out.print(f"GRPO checkpoint: {saved} (evaluate: cotforge eval --model {saved} --run RUN --split test)")
 
 

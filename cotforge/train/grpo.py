@@ -14,8 +14,8 @@ from typing import Any
 from cotforge.train import require_train_extra
 from cotforge.train.config import HintGRPOConfig
 from cotforge.train.data import Corpus, MediaSpec, decode_media, prompt_messages
-from cotforge.train.models import Student, save_student
-from cotforge.train.sft import prepare, run_meta
+from cotforge.train.models import Student
+from cotforge.train.sft import prepare, train_and_save
 from cotforge.types import Scale
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,4 @@ def build_grpo_trainer(cfg: HintGRPOConfig, student: Student | None = None, call
 
 
 def run_grpo(cfg: HintGRPOConfig, student: Student | None = None) -> Path:
-    trainer, student, corpus, chunk = build_grpo_trainer(cfg, student)
-    trainer.train()
-    trainer.save_state()
-    return save_student(trainer.model, student.processing_class, Path(cfg.output_dir), student.omni,
-                        run_meta("grpo" if not cfg.hint else "hint-grpo", cfg, corpus, student, chunk))
+    return train_and_save("hint-grpo" if cfg.hint else "grpo", cfg, build_grpo_trainer(cfg, student))

@@ -83,10 +83,15 @@ def build_sft_trainer(cfg: SFTTrainConfig, student: Student | None = None) -> tu
     return trainer, student, corpus, chunk
 
 
-def run_sft(cfg: SFTTrainConfig, student: Student | None = None) -> Path:
-    """Train, then save a checkpoint that `cotforge train grpo --model` and `cotforge eval --model` take."""
-    trainer, student, corpus, chunk = build_sft_trainer(cfg, student)
+def train_and_save(stage: str, cfg: Any, built: tuple[Any, Student, Corpus, int | None]) -> Path:
+    """Train a built trainer, then save a checkpoint with the run's metadata (both stages end so)."""
+    trainer, student, corpus, chunk = built
     trainer.train()
     trainer.save_state()
     return save_student(trainer.model, student.processing_class, Path(cfg.output_dir), student.omni,
-                        run_meta("sft", cfg, corpus, student, chunk))
+                        run_meta(stage, cfg, corpus, student, chunk))
+
+
+def run_sft(cfg: SFTTrainConfig, student: Student | None = None) -> Path:
+    """Train, then save a checkpoint that `cotforge train grpo --model` and `cotforge eval --model` take."""
+    return train_and_save("sft", cfg, build_sft_trainer(cfg, student))
