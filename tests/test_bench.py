@@ -15,9 +15,11 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 @pytest.mark.parametrize(
     ("script", "args", "expect"),
     [
-        ("decode.py", ["--clips", "2", "--seconds", "1", "2", "--repeat", "1"], "bundle CPU / ffmpeg -f null CPU"),
+        ("decode.py", ["--clips", "2", "--seconds", "1", "--repeat", "1", "--long-minutes", "0.05"], "bundle / full decode"),
         ("teacher.py", ["--requests", "64", "--capacity", "8", "--latency-ms", "20"], "cotforge client"),
-        ("pipeline.py", ["--clips", "6", "--capacity", "4", "--latency-ms", "100"], "pipeline clips/s / capacity"),
+        ("pipeline.py", ["--clips", "6", "--capacity", "4", "--latency-ms", "100", "--reask-clips", "8",
+                         "--reask-capacity", "4", "--codec", "mjpeg"], "requests/s steady / C/L"),
+        ("growth.py", ["--sizes", "8", "16"], "cache lookups"),
     ],
 )
 def test_benchmark_runs(script: str, args: list[str], expect: str, tmp_path: Path) -> None:

@@ -399,7 +399,8 @@ def test_cotforge_demo_command(tmp_path: Path) -> None:
 
 def test_every_command_records_its_stats_and_status_reads_them(demo, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    with SimProcess(SimConfig(port=0, seed=14, rate_500=0.2, **FAST)) as sim:
+    # the simulator draws its faults from the request bytes: 0.3 so that a few 500s come whatever the media bytes
+    with SimProcess(SimConfig(port=0, seed=14, rate_500=0.3, **FAST)) as sim:
         cfg = pipeline(demo.root, run, sim.url, teacher={"max_retries": 8})
         run_bundle(cfg.bundle_config(), run, quiet=True)
         synth = run_synth(cfg, run, quiet=True)

@@ -4,7 +4,11 @@ Frames are sampled while decoding (never by seeking per frame, which is slower o
 and, by default, non-reference frames are not decoded at all: at 2 fps from 25-30 fps video the
 nearest reference frame is at most a frame or two from the target time, and the timestamp of the
 frame actually taken is recorded. Audio is resampled to mono at the configured rate and trimmed
-to the clip's exact span (AAC priming and padding otherwise add a few ms).
+to the clip's exact span (AAC priming and padding otherwise add a few ms) and FLAC-encoded as it
+is decoded: an hour of audio is held once, compressed.
+
+Frames are stored as a player shows them: the sample aspect ratio and the display matrix (a phone
+clip's rotation) are applied (see `encode.FrameEncoder`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import av.error
 import numpy as np
 
 from cotforge.config import MediaConfig
-from cotforge.media.encode import content_hash, frame_to_jpeg, pcm_to_flac, scaled_size
+from cotforge.media.encode import FlacWriter, FrameEncoder, content_hash
 from cotforge.types import Bundle, ClipRef
 
 # A stream that ends this much before its declared end is truncated, not merely rounded.
@@ -37,10 +41,9 @@ def _stream_seconds(stream: av.stream.Stream | None) -> float | None:
 class _FrameSampler:
     """Picks, for each target time, the decoded frame nearest to it and encodes it as JPEG."""
 
-    def __init__(self, targets: list[float], size: tuple[int, int], quality: int) -> None:
+    def __init__(self, targets: list[float], encoder: FrameEncoder) -> None:
         self.targets = targets
-        self.size = size
-        self.quality = quality
+        self.encoder = encoder
         self.next = 0
         self.prev: tuple[float, av.VideoFrame] | None = None
         self.frames: list[bytes] = []
@@ -65,10 +68,22 @@ class _FrameSampler:
             self._take(*self.prev)
             self.next += 1
 
+    def pair(self) -> None:
+        """Make the frame count even (see `_targets`): two targets can land on one decoded frame, which
+        is taken once. Drop the last frame of an odd count; a lone frame (a clip of one picture) is
+        stored twice, with its own timestamp each time."""
+        if len(self.frames) % 2 == 0:
+            return
+        if len(self.frames) > 1:
+            del self.frames[-1], self.times[-1]
+        else:
+            self.frames.append(self.frames[0])
+            self.times.append(self.times[0])
+
     def _take(self, t: float, frame: av.VideoFrame) -> None:
         if self.times and self.times[-1] == t:
             return
-        self.frames.append(frame_to_jpeg(frame, *self.size, self.quality))
+        self.frames.append(self.encoder.encode(frame))
         self.times.append(t)
 
     @property
@@ -76,11 +91,57 @@ class _FrameSampler:
         return self.next >= len(self.targets)
 
 
+class _AudioTrack:
+    """Mono FLAC of [start, audio_end) at `rate`, encoded while decoding.
+
+    The resampler's output is a stream that begins at the first decoded audio frame (`t0`, before
+    `start` after a seek): samples before `start` are dropped as they come, a stream that begins
+    late gets silence in front, and nothing past `audio_end` is kept.
+    """
+
+    def __init__(self, rate: int, start: float, audio_end: float) -> None:
+        self.rate = rate
+        self.start = start
+        # Output in chunks of a second: the samples are the same, the Python calls per second fewer.
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=rate, frame_size=rate)
+        self.wanted = max(0, int(round((audio_end - start) * rate)))
+        self.flac = FlacWriter(rate)
+        self.skip: int | None = None  # samples of the stream still to drop before `start`
+
+    def feed(self, frame: av.AudioFrame | None, t: float | None = None) -> None:
+        if self.skip is None and t is not None:
+            offset = int(round((self.start - t) * self.rate))
+            self.skip = max(0, offset)
+            self._put(np.zeros(max(0, -offset), dtype=np.int16))
+        for out in self.resampler.resample(frame):
+            samples = out.to_ndarray().reshape(-1)
+            dropped = min(self.skip or 0, len(samples))
+            self.skip = (self.skip or 0) - dropped
+            self._put(samples[dropped:])
+
+    def _put(self, samples: np.ndarray) -> None:
+        self.flac.write(samples[: self.wanted - self.flac.samples])
+
+    def close(self) -> tuple[bytes, int]:
+        """(FLAC bytes, samples); no samples when no audio frame was decoded."""
+        samples = self.flac.samples
+        return self.flac.close(), samples
+
+
 def _targets(start: float, end: float, cfg: MediaConfig, source_fps: float) -> tuple[list[float], float]:
-    """Sample times over [start, end): at `fps`, spread wider when the clip would exceed `max_frames`."""
+    """Sample times over [start, end): at `fps`, spread wider when the clip would exceed `max_frames`.
+
+    The count is even and at least 2: Qwen's video processor (vLLM) groups frames in pairs, drops an
+    odd last frame and fails on a single one. An odd count loses its last time (the others keep
+    theirs); a clip too short for two samples at `fps` is sampled at its start and middle.
+    """
     span = max(end - start, 1e-6)
-    fps = min(cfg.fps, cfg.max_frames / span, source_fps or cfg.fps)
-    count = min(cfg.max_frames, max(1, int(np.floor(span * fps + 1e-9))))
+    limit = max(2, cfg.max_frames - cfg.max_frames % 2)
+    fps = min(cfg.fps, limit / span, source_fps or cfg.fps)
+    count = min(limit, int(np.floor(span * fps + 1e-9)))
+    count -= count % 2
+    if count < 2:
+        count, fps = 2, 2 / span
     return [start + i / fps for i in range(count)], fps
 
 
@@ -128,14 +189,12 @@ def _decode_open(ref: ClipRef, cfg: MediaConfig, container: av.container.InputCo
         if cfg.skip_nonref:
             video.codec_context.skip_frame = "NONREF"
         targets, frame_fps = _targets(start, end, cfg, source_fps)
-        size = scaled_size(video.codec_context.width, video.codec_context.height, cfg.size)
-        sampler = _FrameSampler(targets, size, cfg.jpeg_quality)
+        sampler = _FrameSampler(targets, FrameEncoder(cfg.size, cfg.jpeg_quality, video.sample_aspect_ratio))
     else:
-        frame_fps, size = 0.0, (0, 0)
+        frame_fps = 0.0
 
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=cfg.sample_rate) if audio else None
-    chunks: list[np.ndarray] = []
-    audio_t0: float | None = None
+    audio_end = min(end, audio_s) if audio_s else end
+    track = _AudioTrack(cfg.sample_rate, start, audio_end) if audio is not None else None
     last_video_t = last_audio_t = start
     if start > 0:
         container.seek(int(start * av.time_base), backward=True, any_frame=False)
@@ -146,6 +205,14 @@ def _decode_open(ref: ClipRef, cfg: MediaConfig, container: av.container.InputCo
     try:
         for packet in container.demux(*streams):
             if packet.stream is video and not video_done:
+                if sampler.done:
+                    # Every frame is taken: the rest of the stream is only read, to tell a truncated file.
+                    at = packet.pts if packet.pts is not None else packet.dts
+                    if at is not None:
+                        t = float(at * packet.time_base)
+                        video_done = t >= end
+                        last_video_t = t if start <= t < end and t > last_video_t else last_video_t
+                    continue
                 for frame in packet.decode():
                     t = float(frame.time) if frame.time is not None else last_video_t
                     if t < start - 1e-3:
@@ -158,16 +225,14 @@ def _decode_open(ref: ClipRef, cfg: MediaConfig, container: av.container.InputCo
             elif packet.stream is audio and not audio_done:
                 for frame in packet.decode():
                     t = float(frame.time) if frame.time is not None else last_audio_t
-                    if audio_t0 is None:
-                        audio_t0 = t
                     last_audio_t = t + frame.samples / frame.sample_rate
-                    chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+                    track.feed(frame, t)
                     if t >= end:
                         audio_done = True
             if video_done and audio_done:
                 break
-        if resampler is not None:
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+        if track is not None:
+            track.feed(None)
     except av.error.FFmpegError as err:
         at = min(last_video_t, last_audio_t) - start
         raise DecodeError(f"undecodable: at t={at:.2f} s, {err.strerror or err}") from None
@@ -181,30 +246,23 @@ def _decode_open(ref: ClipRef, cfg: MediaConfig, container: av.container.InputCo
         sampler.finish()
         if not sampler.frames:
             raise DecodeError("no video frame could be decoded")
+        sampler.pair()
     if audio is not None and last_audio_t < min(end, audio_s or end) - TRUNCATION_SLACK_S:
         raise DecodeError(
             f"undecodable: audio stream ends at t={last_audio_t - start:.2f} s of {end - start:.2f} s (truncated file?)"
         )
 
-    pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-    if audio_t0 is not None:
-        offset = int(round((start - audio_t0) * cfg.sample_rate))
-        if offset > 0:
-            pcm = pcm[offset:]
-        elif offset < 0:
-            pcm = np.concatenate([np.zeros(-offset, dtype=np.int16), pcm])
-        audio_end = min(end, audio_s) if audio_s else end
-        pcm = pcm[: max(0, int(round((audio_end - start) * cfg.sample_rate)))]
-    flac = pcm_to_flac(pcm, cfg.sample_rate)
+    flac, samples = track.close() if track is not None else (FlacWriter(cfg.sample_rate).close(), 0)
     frames = sampler.frames if sampler else []
     times = [round(t - start, 4) for t in sampler.times] if sampler else []
+    size = sampler.encoder.size if sampler else (0, 0)
     return Bundle(
         ref=ref,
         media_hash=content_hash(flac, frames, times),
         duration=end - start,
         audio_flac=flac,
         audio_sample_rate=cfg.sample_rate,
-        audio_num_samples=len(pcm),
+        audio_num_samples=samples,
         frames=frames,
         frame_timestamps=times,
         frame_fps=frame_fps,

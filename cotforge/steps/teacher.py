@@ -9,8 +9,11 @@ corrected label costs nothing but the requests the new settings add.
 
 The step knows nothing of scheduling: the executor hands it a client (`ask`), the run's response
 cache (`get`/`put`, owned by bookkeeping) and an awaitable that runs media muxing somewhere (a
-worker pool). At most `teacher.concurrency` HTTP requests are in flight (a semaphore around the
-call only), so muxing of the next requests overlaps the server's work and its batch stays full.
+worker pool). A clip's media is muxed once, at its first request that misses the cache, and the
+same bytes go with each of its requests (more samples, the hinted attempt): re-asking costs no
+muxing, and a server with an encoder cache sees the identical video, under the same `uuid`, again.
+The client holds at most `teacher.concurrency` requests in flight, so muxing of the next clips
+overlaps the server's work and its batch stays full.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from cotforge.dc import ParseResult, parse_teacher
 from cotforge.steps.base import AsyncStep
 from cotforge.teacher.client import TeacherBudgetReached, TeacherCallError, TeacherUnavailable
 from cotforge.teacher.plan import PromptCounter
-from cotforge.teacher.request import ClipMedia, build_request, materialize
+from cotforge.teacher.request import ClipMedia, MediaPayload, build_request, encode_media, fill, media_uuids
 from cotforge.types import ClipState, TeacherResponse, reason_kind
 from cotforge.validate import ValidateConfig, Verdict, pick_best, validate
 
@@ -121,18 +124,26 @@ class TeacherStep(AsyncStep):
         self.counter = PromptCounter.load(teacher.model)
         self.cap = reask.request_cap(teacher.n)
 
-    async def _fetch(self, row: dict[str, Any], hint: str | None, attempt: int) -> tuple[str, str, TeacherResponse]:
+    async def _fetch(
+        self, row: dict[str, Any], hint: str | None, attempt: int, payloads: dict[str, MediaPayload]
+    ) -> tuple[str, str, TeacherResponse]:
+        """One request of a clip; `payloads` holds the clip's encoded media (filled at its first cache miss)."""
         request = build_request(row, self.teacher, self.validator.scale, hint=hint, attempt=attempt)
         cached = self.cache.get(request.cache_key)
         if cached is not None:
             self.stats.inc("cache_hits")
             return request.cache_key, request.prompt_version, cached
         self._check_budget(row, request.body)
-        media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
-        try:
-            body = await self.run_media(materialize, request.body, media, self.teacher.video_codec, self.teacher.media_dir)
-        except Exception as err:  # noqa: BLE001 - bad bundle media or a crashed worker fails this clip only
-            raise TeacherCallError(f"media encoding failed: {type(err).__name__}: {err}") from None
+        if any(uuid not in payloads for uuid in media_uuids(request.body)):
+            media = ClipMedia(list(row["frames"]), float(row["frame_fps"]), row["audio"])
+            try:
+                payloads.update(
+                    await self.run_media(encode_media, request.body, media, self.teacher.video_codec, self.teacher.media_dir)
+                )
+            except Exception as err:  # noqa: BLE001 - bad bundle media or a crashed worker fails this clip only
+                raise TeacherCallError(f"media encoding failed: {type(err).__name__}: {err}") from None
+            self.stats.inc("media_encoded")
+        body = fill(request.body, payloads)
         response = await self.client.ask(body, request.headers)
         self.stats.inc("requests")
         self.stats.inc("prompt_tokens", response.prompt_tokens or 0)
@@ -179,13 +190,14 @@ class TeacherStep(AsyncStep):
         candidates: list[Candidate] = []
         prompt_tokens = completion_tokens = requests = 0
         model = version = None
+        payloads: dict[str, MediaPayload] = {}
 
         async def ask(hint: str | None, attempt: int) -> None:
             nonlocal prompt_tokens, completion_tokens, requests, model, version
             if requests >= self.cap:
                 # no path may spend more than the cap on one clip (reask.max_requests)
                 raise _CapReached
-            cache_key, version, response = await self._fetch(row, hint, attempt)
+            cache_key, version, response = await self._fetch(row, hint, attempt, payloads)
             requests += 0 if response.cached else 1
             model = response.model
             prompt_tokens += response.prompt_tokens or 0

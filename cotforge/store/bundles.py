@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -53,6 +54,16 @@ BUNDLE_SCHEMA = pa.schema(
 )
 
 PART_GLOB = "part-*.parquet"
+MEDIA_COLUMNS = ("audio", "frames")
+# FLAC and JPEG bytes do not compress, repeat or sort: zstd, dictionaries and min/max statistics on
+# them cost CPU and, for an hour of audio, several copies of it in memory while a part is written.
+_PLAIN = [f.name for f in BUNDLE_SCHEMA if f.name not in MEDIA_COLUMNS]
+WRITE_OPTIONS = {
+    "compression": {f.name: "none" if f.name in MEDIA_COLUMNS else "zstd" for f in BUNDLE_SCHEMA},
+    "use_dictionary": _PLAIN,
+    "write_statistics": _PLAIN,
+    "row_group_size": 16,  # small row groups: a reader streaming bundles holds a few clips, not a whole part
+}
 
 
 def bundle_row(bundle: Bundle, media_config: str) -> dict:
@@ -132,14 +143,43 @@ class BundleWriter:
             return []
         name = f"part-{self._next:05d}.parquet"
         tmp = self.folder / f"{name}.tmp"
-        table = pa.Table.from_pylist(self._rows, schema=BUNDLE_SCHEMA)
-        # small row groups: a reader streaming bundles holds a few clips, not a whole part
-        pq.write_table(table, tmp, compression="zstd", row_group_size=16)
+        pq.write_table(_table(self._rows), tmp, **WRITE_OPTIONS)
         tmp.rename(self.folder / name)
         written = [(r["key"], name, r["media_hash"], r["decode_seconds"]) for r in self._rows]
         self._rows = []
         self._next += 1
         return written
+
+
+def _binary(values: list[bytes], limit: int = 2**31 - 1) -> pa.ChunkedArray:
+    """A binary column made of the values themselves: a single value (an hour of audio) is referenced,
+    not copied; several are joined once, in chunks of at most `limit` bytes (int32 offsets).
+    `from_pylist` copies into a buffer that grows by doubling: for a long clip, twice its audio again."""
+    groups: list[list[bytes]] = [[]]
+    size = 0
+    for value in values:
+        if len(value) > limit:
+            raise ValueError(f"a bundle value of {len(value):,} bytes does not fit a parquet binary column")
+        if groups[-1] and size + len(value) > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(value)
+        size += len(value)
+    return pa.chunked_array([_binary_chunk(group) for group in groups], type=pa.binary())
+
+
+def _binary_chunk(values: list[bytes]) -> pa.Array:
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    data = pa.py_buffer(values[0] if len(values) == 1 else b"".join(values))
+    return pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets), data])
+
+
+def _table(rows: list[dict]) -> pa.Table:
+    rest = pa.Table.from_pylist([{k: v for k, v in row.items() if k != "audio"} for row in rows],
+                                schema=BUNDLE_SCHEMA.remove(BUNDLE_SCHEMA.get_field_index("audio")))
+    audio = _binary([row["audio"] for row in rows])
+    return pa.Table.from_arrays([audio if f.name == "audio" else rest.column(f.name) for f in BUNDLE_SCHEMA], schema=BUNDLE_SCHEMA)
 
 
 def iter_bundles(folder: Path, locations: dict[str, str], columns: list[str] | None = None) -> Iterator[dict]:

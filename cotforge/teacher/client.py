@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from cotforge.config import TeacherConfig
 from cotforge.stats import Stats
 from cotforge.teacher.endpoints import Endpoint
 from cotforge.teacher.headers import SIMULATOR_OWNER
 from cotforge.types import TeacherResponse
-from cotforge.teacher.request import split_body
 
 PREFLIGHT_TIMEOUT_S = 8.0
 MAX_BACKOFF_S = 30.0
@@ -240,7 +240,6 @@ class TeacherClient:
 
     async def ask(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> TeacherResponse:
         """Send one materialized request; TeacherCallError when the request itself is at fault."""
-        typed, extra = split_body(body)
         attempt = 0
         self._check_budget()
         self.stats.inc("requests")
@@ -254,7 +253,7 @@ class TeacherClient:
                 endpoint.outstanding += 1
                 try:
                     with self.stats.gauge("in_flight"):
-                        completion = await self._send(endpoint, typed, extra, headers)
+                        completion = await self._send(endpoint, body, headers)
                 except openai.BadRequestError as err:
                     endpoint.answered()
                     raise self._refused(endpoint, err) from None
@@ -296,11 +295,14 @@ class TeacherClient:
                 endpoint.succeeded()
                 return self._response(completion, time.perf_counter() - began)
 
-    async def _send(self, endpoint: Endpoint, typed: dict[str, Any], extra: dict[str, Any], headers: dict[str, str] | None) -> Any:
-        """The HTTP call, abandoned (to be sent again) if its endpoint goes down while it waits."""
-        call = asyncio.ensure_future(
-            endpoint.client.chat.completions.create(**typed, extra_body=extra or None, extra_headers=headers or None)
-        )
+    async def _send(self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str] | None) -> Any:
+        """The HTTP call, abandoned (to be sent again) if its endpoint goes down while it waits.
+
+        The body is posted as it is (the SDK's documented way to a route with its own fields):
+        `chat.completions.create` would send the same JSON, but first walks every message part
+        against its typed parameters, which cost more CPU than all the rest of a request."""
+        options = {"headers": headers} if headers else {}
+        call = asyncio.ensure_future(endpoint.client.post("/chat/completions", cast_to=ChatCompletion, body=body, options=options))
         tripped = asyncio.ensure_future(endpoint.tripped.wait())
         try:
             await asyncio.wait([call, tripped], return_when=asyncio.FIRST_COMPLETED)

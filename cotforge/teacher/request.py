@@ -3,8 +3,12 @@
 A request is first built in *canonical* form, where each media part holds only the media hash
 (`uuid`) instead of its base64 payload. The cache key is the hash of that canonical form, so a
 cache hit costs no media encoding at all, and the key changes exactly when the model, prompt
-version, media, sampling or schema do. `materialize` then fills in the payloads (in a worker
-process) just before sending, and sets each part's `uuid` to the SHA-256 of the bytes it carries.
+version, media, sampling or schema do. Just before sending, `encode_media` makes the payload of each
+media part (in a worker process: muxing costs tens of ms) and `fill` puts them into a copy of the
+body, setting each part's `uuid` to the SHA-256 of the bytes it carries. The payloads are keyed by
+the canonical `uuid`, so a clip asked several times (more samples, the hinted attempt) encodes its
+media once and sends the same bytes, under the same `uuid`, each time; `materialize` does both steps
+for one request.
 
 That `uuid` is what vLLM keys its encoder cache by, and the cache outlives a run and is shared by
 every client of the server: a `uuid` reused for other bytes (another codec, mode or muxer version
@@ -15,13 +19,12 @@ match, silently answer about the old media). Hashing the bytes sent leaves no wa
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cotforge.config import TeacherConfig
 from cotforge.resources import load_schema
@@ -47,7 +50,7 @@ class TeacherRequest:
 
 @dataclass(slots=True)
 class ClipMedia:
-    """What `materialize` needs from a bundle (kept small so it pickles cheaply to a worker)."""
+    """What `encode_media` needs from a bundle (kept small so it pickles cheaply to a worker)."""
 
     frames: list[bytes]
     frame_fps: float
@@ -113,24 +116,64 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     )
 
 
-def materialize(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None) -> dict[str, Any]:
-    """Fill the media placeholders (data URLs, or file:// URLs under `media_dir`); runs in a worker process."""
-    filled = copy.deepcopy(body)
-    content = filled["messages"][1]["content"]
-    separate = any(p["type"] == "input_audio" for p in content)
-    for part in content:
+def _media_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in body["messages"][1]["content"] if p["type"] in ("video_url", "input_audio")]
+
+
+def media_uuids(body: dict[str, Any]) -> list[str]:
+    """The `uuid` of each media part of a canonical body: what `encode_media`'s payloads are keyed by."""
+    return [p["uuid"] for p in _media_parts(body)]
+
+
+class MediaPayload(NamedTuple):
+    """What one media part carries: `data` (a data or file:// URL, or base64 WAV) and `uuid`, the hash of its bytes."""
+
+    data: str
+    uuid: str
+
+
+def encode_media(
+    body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None
+) -> dict[str, MediaPayload]:
+    """canonical uuid -> payload of each media part of `body`: a data URL (or a file:// URL of an MP4
+    under `media_dir`) for the video, base64 WAV for a separate audio part. Runs in a worker process."""
+    parts = _media_parts(body)
+    separate = any(p["type"] == "input_audio" for p in parts)
+    payloads = {}
+    for part in parts:
         if part["type"] == "video_url":
             if media_dir is not None:
-                part["video_url"]["url"], mp4 = _local_video(media_dir, part["uuid"], media, codec, separate)
+                url, mp4 = _local_video(media_dir, part["uuid"], media, codec, separate)
             else:
                 mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
-                part["video_url"]["url"] = data_url("video/mp4", mp4)
-            part["uuid"] = media_uuid(mp4)
-        elif part["type"] == "input_audio":
+                url = data_url("video/mp4", mp4)
+            payloads[part["uuid"]] = MediaPayload(url, media_uuid(mp4))
+        else:
             wav = wav_bytes(media.audio_flac)
-            part["input_audio"]["data"] = base64.b64encode(wav).decode("ascii")
-            part["uuid"] = media_uuid(wav)
-    return filled
+            payloads[part["uuid"]] = MediaPayload(base64.b64encode(wav).decode("ascii"), media_uuid(wav))
+    return payloads
+
+
+def fill(body: dict[str, Any], payloads: dict[str, MediaPayload]) -> dict[str, Any]:
+    """A copy of the canonical `body` with each media placeholder replaced by its payload and its `uuid`
+    by the hash of the bytes sent (the body is not changed; only the parts on the way to the media are
+    copied, so this is cheap in the event loop)."""
+    messages = list(body["messages"])
+    messages[1] = dict(messages[1])
+    content = messages[1]["content"] = list(messages[1]["content"])
+    for index, part in enumerate(content):
+        if part["type"] == "video_url":
+            sent = payloads[part["uuid"]]
+            content[index] = {**part, "uuid": sent.uuid, "video_url": {**part["video_url"], "url": sent.data}}
+        elif part["type"] == "input_audio":
+            sent = payloads[part["uuid"]]
+            content[index] = {**part, "uuid": sent.uuid, "input_audio": {**part["input_audio"], "data": sent.data}}
+    return {**body, "messages": messages}
+
+
+def materialize(body: dict[str, Any], media: ClipMedia, codec: str, media_dir: Path | None = None) -> dict[str, Any]:
+    """`body` with its media filled in, for one request (a clip asked again should reuse `encode_media`'s payloads)."""
+    return fill(body, encode_media(body, media, codec, media_dir))
 
 
 def media_uuid(data: bytes) -> str:
