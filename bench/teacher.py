@@ -29,7 +29,7 @@ from cotforge.sources import open_source
 from cotforge.demo.writer import make_demo_dataset
 from cotforge.store.bundles import bundle_row
 from cotforge.teacher.client import TeacherClient
-from cotforge.teacher.request import ClipMedia, build_request, materialize, split_body
+from cotforge.teacher.request import ClipMedia, build_request, materialize
 from cotforge.sim.server import SimConfig, SimProcess
 from cotforge.types import MOSI_SCALE
 from table import print_table  # bench/table.py, beside this script
@@ -77,7 +77,9 @@ async def ours(cfg: TeacherConfig, body: dict, headers: dict, requests: int) -> 
 
 def sequential(url: str, body: dict, headers: dict, requests: int) -> float:
     client = openai.OpenAI(base_url=url, api_key="EMPTY", max_retries=0)
-    typed, extra = split_body(body)
+    # what a user of the SDK writes: vLLM's own fields go through extra_body
+    extra = {k: v for k, v in body.items() if k in ("mm_processor_kwargs", "media_io_kwargs")}
+    typed = {k: v for k, v in body.items() if k not in extra}
     client.chat.completions.create(**typed, extra_body=extra, extra_headers=headers)
     began = time.perf_counter()
     for _ in range(requests):

@@ -3,7 +3,8 @@
 What runs where:
 - **On the cluster**: decoding, as a Ray Data stream (the clips to decode become a Dataset;
   `DecodeStep.process` runs in CPU tasks on any node; Ray re-runs the tasks of a node that is lost),
-  and the media muxing of each teacher request (`materialize`, an MP4 per request), as Ray tasks.
+  and the media muxing of each clip's teacher requests (`encode_media`, one MP4 per clip, reused by
+  its re-asks), as Ray tasks.
 - **In this process (the driver)**: reading the label file and admission, the bookkeeping step
   (the one writer of ledger, response cache and bundle parts), the teacher step with the run's one
   client, and export. Resume, the counts and "never pay twice" therefore hold exactly as locally:

@@ -34,8 +34,6 @@ from cotforge.teacher.prompts import prompt_version, render_teacher
 from cotforge.types import Scale
 
 MEDIA_PLACEHOLDER = "cotforge-media:"
-# The body keys the openai client types; everything else goes through `extra_body` (vLLM reads it top level).
-OPENAI_KEYS = ("model", "messages", "temperature", "top_p", "max_tokens", "seed", "n", "response_format")
 
 
 @dataclass(slots=True)
@@ -192,13 +190,6 @@ def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separ
     tmp.write_bytes(mp4)
     tmp.rename(path)
     return path.resolve().as_uri(), mp4
-
-
-def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(typed openai arguments, extra_body) for `client.chat.completions.create`."""
-    typed = {k: v for k, v in body.items() if k in OPENAI_KEYS}
-    extra = {k: v for k, v in body.items() if k not in OPENAI_KEYS}
-    return typed, extra
 
 
 def ready() -> None:
