@@ -114,6 +114,21 @@ def test_one_endpoint_down_at_start_and_one_killed_mid_run(demo, reference, tmp_
     assert events >= 2  # taken out at preflight, and down mid-run: said, not silent
 
 
+def test_a_repeated_teacher_url_spreads_the_run_over_the_replicas(demo, reference, tmp_path: Path) -> None:
+    """`--teacher-url A --teacher-url B` is `teacher.endpoints: [A, B]`; one `--teacher-url` is that server alone."""
+    run = tmp_path / "run"
+    with SimProcess(SimConfig(port=0, seed=9, **FAST)) as one, SimProcess(SimConfig(port=0, seed=9, **FAST)) as two:
+        cfg = config(demo.root, run, ["http://127.0.0.1:9/v1"])  # a YAML naming a dead replica: the flags replace it
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(cfg.public_dump()))
+        done = _cli("run", str(path), "--run", str(run), "-q", "--teacher-url", one.url, "--teacher-url", two.url)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert requests(one) > 0 and requests(two) > 0
+    assert shard_rows(run) == reference
+    saved = yaml.safe_load((run / "config.yaml").read_text())["teacher"]
+    assert saved["endpoints"] == [one.url, two.url]
+
+
 def test_a_server_that_answers_empty_choices_costs_at_most_the_cap(demo, tmp_path: Path) -> None:
     run = tmp_path / "run"
     with SimProcess(SimConfig(port=0, seed=9, rate_empty=1.0, **FAST)) as sim:

@@ -186,11 +186,24 @@ def status(
         out.print(reasons)
 
 
-def _teacher_options(url: str | None, model: str | None, concurrency: int | None) -> dict[str, object]:
-    return {"teacher.url": url, "teacher.model": model, "teacher.concurrency": concurrency}
+def _urls(urls: list[str] | None) -> dict[str, object]:
+    """`--teacher-url` once: that server alone (teacher.url, no endpoints); repeated: the replicas (teacher.endpoints)."""
+    if not urls:
+        return {}
+    if len(urls) == 1:
+        return {"teacher.url": urls[0], "teacher.endpoints": []}
+    return {"teacher.endpoints": list(urls)}
 
 
-TeacherUrl = Annotated[Optional[str], config_option("teacher.url", "--teacher-url")]
+def _teacher_options(urls: list[str] | None, model: str | None, concurrency: int | None) -> dict[str, object]:
+    return {**_urls(urls), "teacher.model": model, "teacher.concurrency": concurrency}
+
+
+TeacherUrl = Annotated[
+    Optional[list[str]],
+    typer.Option("--teacher-url", metavar="URL", help="OpenAI-compatible base URL of the teacher (sets teacher.url); repeat it for "
+                 "several replicas of the same model (sets teacher.endpoints)."),
+]
 TeacherModel = Annotated[Optional[str], config_option("teacher.model", "--model")]
 Concurrency = Annotated[Optional[int], config_option("teacher.concurrency", "--concurrency")]
 
@@ -297,7 +310,7 @@ def run_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Decode -> teacher -> validate -> shards, all stages at once; resumes where it stopped."""
-    cfg = load_config(pipeline, run, set_ or [], {"teacher.url": teacher_url, **_exec_options(executor, ray_address, shard)})
+    cfg = load_config(pipeline, run, set_ or [], {**_urls(teacher_url), **_exec_options(executor, ray_address, shard)})
     run_and_report(cfg, force, quiet)
 
 
