@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from cotforge.demo.writer import make_demo_dataset
 from cotforge.sim.server import SimConfig, SimProcess
 from cotforge.store.ledger import Ledger
 from table import print_table  # bench/table.py, beside this script
+from tree import child_env, measure
 
 MEASURED = """
 import json, resource, sys
@@ -50,9 +50,9 @@ try:
     app(args=sys.argv[2:], prog_name="cotforge")
 except SystemExit as exit:
     code = exit.code or 0
-with open(sys.argv[1], "w") as out:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    json.dump({"rc": code, "rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}, out)
+with open(sys.argv[1], "w") as out:  # the driver's own peak RSS; CPU is measured over the whole tree outside
+    json.dump({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, out)
+sys.exit(code)
 """
 
 
@@ -94,64 +94,27 @@ def config(data: Path, urls: list[str], concurrency: int) -> PipelineConfig:
     })
 
 
-class TreeCPU:
-    """CPU seconds of a process and all its descendants (Ray's raylet, workers, the forkserver's pools), polled
-    from /proc: RUSAGE_CHILDREN would miss every process the command did not wait for itself."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.seen: dict[int, float] = {}
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def poll(self) -> None:
-        parents: dict[int, int] = {}
-        times: dict[int, float] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            pid = int(stat.parent.name)
-            parents[pid] = int(fields[1])
-            times[pid] = (int(fields[11]) + int(fields[12])) / self.tick
-        for pid, cpu in times.items():
-            ancestor = pid
-            while ancestor not in (0, 1, self.pid):
-                ancestor = parents.get(ancestor, 0)
-            if ancestor == self.pid:
-                self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
-
-    def total(self) -> float:
-        return sum(self.seen.values())
-
-
-def measure(cfg: PipelineConfig, run: Path, executor: str, workdir: Path) -> dict:
-    """One `cotforge run` in a process of its own: wall, clips judged, steady clips/s, peak RSS, CPU of its tree."""
+def measure_run(cfg: PipelineConfig, run: Path, executor: str, workdir: Path) -> dict:
+    """One `cotforge run` in a process of its own: wall, clips judged, steady clips/s, the driver's peak RSS and
+    the CPU of its whole tree (bench/tree.py: Ray's raylet and workers and the forkserver's pools included)."""
     pipeline = workdir / f"{run.name}.yaml"
     pipeline.write_text(yaml.safe_dump(cfg.public_dump()), encoding="utf-8")
     result = workdir / f"{run.name}.json"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    began = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", MEASURED, str(result), "run", str(pipeline), "--run", str(run),
-                                "--executor", executor, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    tree = TreeCPU(process.pid)
-    while process.poll() is None:
-        tree.poll()
-        time.sleep(0.2)
-    stdout, stderr = process.communicate()
-    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    wall = time.perf_counter() - began
-    outcome = json.loads(result.read_text()) if result.exists() else {"rc": done.returncode}
-    if outcome["rc"] != 0:
-        raise SystemExit(f"cotforge run --executor {executor} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    env = {**child_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    try:
+        usage = measure([sys.executable, "-c", MEASURED, str(result), "run", str(pipeline), "--run", str(run),
+                         "--executor", executor, "--quiet"], env=env, interval=0.2, memory=False)
+    except RuntimeError as err:
+        raise SystemExit(f"cotforge run --executor {executor} failed: {err}") from None
+    driver = json.loads(result.read_text())
     with Ledger(run / "ledger.sqlite", read_only=True) as ledger:
         judged_at = sorted(t for (t,) in ledger.db.execute("SELECT judged_at FROM clips WHERE judged_at IS NOT NULL"))
     stats = json.loads((run / "stats.json").read_text())["attempts"]
     cluster = next((a["stages"]["cluster"] for a in stats if "cluster" in a["stages"]), None)
     return {
-        "wall": wall, "judged": len(judged_at), "rate": len(judged_at) / wall,
+        "wall": usage.wall, "judged": len(judged_at), "rate": len(judged_at) / usage.wall,
         "steady": (len(judged_at) - 1) / max(judged_at[-1] - judged_at[0], 1e-9),
-        "rss_mb": outcome["rss_mb"], "cpu_s": outcome["cpu_s"], "tree_cpu_s": tree.total(), **(cluster or {}).get("peaks", {}),
+        "rss_mb": driver["rss_mb"], "tree_cpu_s": usage.cpu, **(cluster or {}).get("peaks", {}),
     }
 
 
@@ -162,7 +125,7 @@ def sims(capacities: list[int], latency_ms: float) -> list[SimProcess]:
 def run_with(capacities: list[int], latency_ms: float, data: Path, executor: str, workdir: Path, name: str, concurrency: int) -> dict:
     servers = sims(capacities, latency_ms)
     try:
-        return measure(config(data, [s.url for s in servers], concurrency), workdir / name, executor, workdir)
+        return measure_run(config(data, [s.url for s in servers], concurrency), workdir / name, executor, workdir)
     finally:
         for server in servers:
             server.stop()
