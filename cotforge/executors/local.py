@@ -34,7 +34,6 @@ from cotforge.steps.teacher import ClipOutcome, RunMedia, TeacherStep
 from cotforge.store.run import RunDir, RunError
 from cotforge.teacher.backend import make_teacher
 from cotforge.teacher.client import ServedModel, TeacherBudgetReached
-from cotforge.teacher.request import ready as media_ready
 from cotforge.types import Bundle, ClipFailure, ClipRef
 from cotforge.validate import ValidateConfig
 
@@ -181,7 +180,6 @@ class LocalExecutor:
             producers: list[asyncio.Task] = []
             consumers: list[asyncio.Task] = []
             teacher_task: TaskID | None = None
-            total = 0
             if teach:
                 validator = ValidateConfig.for_scale(cfg.source.scale(), **cfg.validate_.overrides())
                 step = TeacherStep(teacher_cfg, cfg.reask, validator, client, books, run_media)
@@ -193,7 +191,6 @@ class LocalExecutor:
                 queue = asyncio.Queue(maxsize=max(2, cfg.teacher.concurrency))
                 consumers = [asyncio.create_task(self._teach(step, client, books, queue, progress, teacher_task)) for _ in range(limit)]
                 producers.append(asyncio.create_task(self._feed(_iterate(waiting), queue)))
-            self._warm(decode=bool(todo), teach=teach and bool(todo or total))
             if reader is not None:
                 producers.append(asyncio.create_task(self._decode(books, todo, decode_pool, queue, progress, teacher_task)))
             closer: list[asyncio.Task] = []
@@ -221,18 +218,9 @@ class LocalExecutor:
         media_pool = WorkerPool(self.cfg.teacher.media_workers) if teach else None
         for pool in (decode_pool, media_pool):
             if pool is not None:
+                # workers start with the first job: a run with nothing left to do (a warm re-run) starts none
                 stack.callback(pool.shutdown)
-        self._pools = (decode_pool, media_pool)
         return decode_pool, media_pool.run if media_pool is not None else None
-
-    def _warm(self, decode: bool, teach: bool) -> None:
-        """Start the workers of the pools that have work, before the first job reaches them. A run with
-        nothing left to do (a warm re-run) starts no process at all: starting and stopping idle workers
-        once cost it more than all its own work."""
-        decode_pool, media_pool = getattr(self, "_pools", (None, None))
-        for pool, needed in ((decode_pool, decode), (media_pool, teach)):
-            if pool is not None and needed:
-                pool.warm(media_ready)
 
     async def _feed(self, rows: AsyncIterator[dict[str, Any]], queue: asyncio.Queue) -> None:
         async for row in rows:

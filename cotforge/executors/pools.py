@@ -85,11 +85,6 @@ class WorkerPool:
     def _new(workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(workers, mp_context=_context(), initializer=die_with, initargs=(os.getpid(),))
 
-    def warm(self, fn: Callable[[], Any]) -> None:
-        """Start the workers now (while something else waits, e.g. the teacher's preflight)."""
-        for _ in range(self.workers):
-            self._pool.submit(fn)
-
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         pool = self._pool
         loop = asyncio.get_running_loop()
