@@ -114,8 +114,12 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
     )
 
 
+PAYLOAD_FIELD = {"video_url": "url", "input_audio": "data"}
+"""Media part type -> the field of its object that carries the payload."""
+
+
 def _media_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in body["messages"][1]["content"] if p["type"] in ("video_url", "input_audio")]
+    return [p for p in body["messages"][1]["content"] if p["type"] in PAYLOAD_FIELD]
 
 
 def media_uuids(body: dict[str, Any]) -> list[str]:
@@ -160,12 +164,10 @@ def fill(body: dict[str, Any], payloads: dict[str, MediaPayload]) -> dict[str, A
     messages[1] = dict(messages[1])
     content = messages[1]["content"] = list(messages[1]["content"])
     for index, part in enumerate(content):
-        if part["type"] == "video_url":
+        kind = part["type"]
+        if kind in PAYLOAD_FIELD:
             sent = payloads[part["uuid"]]
-            content[index] = {**part, "uuid": sent.uuid, "video_url": {**part["video_url"], "url": sent.data}}
-        elif part["type"] == "input_audio":
-            sent = payloads[part["uuid"]]
-            content[index] = {**part, "uuid": sent.uuid, "input_audio": {**part["input_audio"], "data": sent.data}}
+            content[index] = {**part, "uuid": sent.uuid, kind: {**part[kind], PAYLOAD_FIELD[kind]: sent.data}}
     return {**body, "messages": messages}
 
 
