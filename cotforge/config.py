@@ -141,10 +141,13 @@ class ExecConfig(Section):
 
     def shard_index(self) -> tuple[int, int]:
         """(rank, world_size) of this run's shard; (0, 1) for a whole run."""
-        if self.shard is None:
-            return 0, 1
-        rank, world = self.shard.split("/")
-        return int(rank), int(world)
+        return shard_index(self.shard)
+
+
+def shard_index(shard: str | None) -> tuple[int, int]:
+    """(rank, world_size) of a checked `i/N` shard (`ExecConfig.shard`); (0, 1) for a whole run."""
+    rank, world = (shard or "0/1").split("/")
+    return int(rank), int(world)
 
 
 class BundleConfig(Section):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotforge.config import PipelineConfig
+from cotforge.config import PipelineConfig, shard_index
 from cotforge.sources import SourceError
 from cotforge.stats import Stats
 from cotforge.steps.bookkeeping import Bookkeeping
@@ -70,10 +70,13 @@ class ShardRun:
     meta: dict[str, str]
     clips: int
 
+    def summary(self) -> dict[str, Any]:
+        """How the merged run names this one (ledger meta, manifest `merged_from`, the command's output)."""
+        return {"run": str(self.path), "shard": self.shard, "clips": self.clips}
+
     @property
     def rank(self) -> tuple[int, int]:
-        rank, world = (self.shard or "0/1").split("/")
-        return int(rank), int(world)
+        return shard_index(self.shard)
 
 
 @dataclass
@@ -83,11 +86,6 @@ class MergeResult:
     clips: int
     states: dict[str, int]
     export: Stats = field(default_factory=Stats)
-
-
-def _read_only(path: Path) -> sqlite3.Connection:
-    """The shard folders are only read: no `-wal`/`-shm` is left in them (the store's read-only open)."""
-    return open_read_only(path)
 
 
 def open_run(path: Path) -> ShardRun:
@@ -102,7 +100,7 @@ def open_run(path: Path) -> ShardRun:
         config = PipelineConfig.model_validate(saved)
     except ValueError as err:
         raise MergeError(f"{path}/config.yaml is not a valid pipeline config: {err}") from None
-    db = _read_only(run_dir.ledger_path)
+    db = open_read_only(run_dir.ledger_path)  # shard folders are only read: no -wal/-shm is left in them
     try:
         meta = dict(db.execute("SELECT name, value FROM meta"))
         versions = {v for (v,) in db.execute("SELECT DISTINCT prompt_version FROM clips WHERE prompt_version IS NOT NULL")}
@@ -178,7 +176,7 @@ def _columns(db: sqlite3.Connection, table: str) -> list[str]:
 
 
 def _rows(path: Path, table: str, columns: list[str]) -> Iterator[tuple]:
-    db = _read_only(path)
+    db = open_read_only(path)
     try:
         have = set(_columns(db, table))
         wanted = ", ".join(c if c in have else "NULL" for c in columns)
@@ -226,7 +224,7 @@ def _union(runs: list[ShardRun], out: RunDir) -> set[str]:
         for name, value in runs[0].meta.items():
             if name != SHARD_META:
                 ledger.set_meta(name, value)
-        ledger.set_meta(MERGED_META, json.dumps([{"run": str(run.path), "shard": run.shard, "clips": run.clips} for run in runs]))
+        ledger.set_meta(MERGED_META, json.dumps([run.summary() for run in runs]))
         ledger.commit()
     finally:
         ledger.close()
@@ -283,7 +281,7 @@ def merge_runs(paths: list[Path], out: Path, check_source: bool = True) -> Merge
     step = ExportStep(cfg.model_copy(update={"run": out}), run_dir)
     step.run()
     manifest = read_manifest(run_dir) or {}
-    manifest["merged_from"] = [{"run": str(run.path), "shard": run.shard, "clips": run.clips} for run in runs]
+    manifest["merged_from"] = [run.summary() for run in runs]
     write_manifest(run_dir.manifest_path, manifest)
     with run_dir.open_ledger(read_only=True) as ledger:
         states = ledger.counts().by_state
@@ -294,7 +292,7 @@ def describe(result: MergeResult) -> dict[str, Any]:
     """What the merge did, for the command line and tests."""
     return {
         "out": str(result.out),
-        "runs": [{"run": str(r.path), "shard": r.shard, "clips": r.clips} for r in result.runs],
+        "runs": [run.summary() for run in result.runs],
         "clips": result.clips,
         "states": {k: v for k, v in result.states.items() if v},
         "shard_rows": result.export.group("rows"),
