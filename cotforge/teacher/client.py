@@ -204,8 +204,7 @@ class TeacherClient:
             for endpoint in waiting:
                 if endpoint.down_for() > self.cfg.outage_grace_s:
                     if len(waiting) > 1:
-                        endpoint.out = True
-                        self.note(f"endpoint {endpoint.url} taken out: down for {endpoint.down_for():.0f} s ({endpoint.last_error})")
+                        self._take_out(endpoint)
                         break
                     raise TeacherUnavailable(
                         f"the teacher at {endpoint.url} has not answered for {endpoint.down_for():.0f} s "
@@ -220,13 +219,16 @@ class TeacherClient:
                     for task in ups:
                         task.cancel()
 
+    def _take_out(self, endpoint: Endpoint) -> None:
+        endpoint.out = True
+        self.note(f"endpoint {endpoint.url} taken out: down for {endpoint.down_for():.0f} s ({endpoint.last_error})")
+
     def _take_out_dead(self) -> None:
         """An endpoint down past the grace period while others work is taken out for good."""
         for endpoint in self.endpoints:
             if endpoint.down and not endpoint.out and endpoint.down_for() > self.cfg.outage_grace_s:
                 if any(not e.out and not e.down for e in self.endpoints):
-                    endpoint.out = True
-                    self.note(f"endpoint {endpoint.url} taken out: down for {endpoint.down_for():.0f} s ({endpoint.last_error})")
+                    self._take_out(endpoint)
 
     def _check_budget(self) -> None:
         spent = self.spent_requests + self.stats["requests"]
