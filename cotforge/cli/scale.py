@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cotforge.cli.common import fail, out
+from cotforge.cli.common import out
 from cotforge.cli.main import app
+from cotforge.cli.stages import stage_exits
 
 
 @app.command()
@@ -25,13 +26,9 @@ def merge(
     Refused: runs made with different configs or prompt versions, a shard missing or given twice, and shards that together miss clips of the source. The shard folders are only read.
     """
     from cotforge.steps.merge import describe, merge_runs
-    from cotforge.store.run import RunError
-    from cotforge.store.shards import ExportError
 
-    try:
+    with stage_exits("the shard folders are untouched; fix the cause and merge again into an empty --out."):
         result = merge_runs(runs, out_dir, check_source=check_source)
-    except (RunError, ExportError) as exc:
-        fail(str(exc))
     summary = describe(result)
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
