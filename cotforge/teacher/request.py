@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from cotforge.config import TeacherConfig
 from cotforge.resources import load_schema
-from cotforge.teacher.headers import GOLD_HEADER, HINT_HEADER, KEY_HEADER, LANGUAGE_HEADER, RANGE_HEADER
+from cotforge.teacher.headers import simulator_headers
 from cotforge.teacher.media import data_url, mux_mp4, wav_bytes
 from cotforge.teacher.prompts import prompt_version, render_teacher
 from cotforge.types import Scale
@@ -94,16 +94,7 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
         # vLLM resample, and a rounded fps silently drops frames (seen on a real server: 32 sent, 30 seen)
         body["media_io_kwargs"] = {"video": {"num_frames": -1}}
     canonical = json.dumps({"body": body, "codec": cfg.video_codec}, sort_keys=True, ensure_ascii=False)
-    headers = {}
-    if cfg.simulated:
-        headers = {
-            KEY_HEADER: row["key"],
-            GOLD_HEADER: repr(float(row["label"])),
-            RANGE_HEADER: f"{scale.low:g},{scale.high:g}",
-            LANGUAGE_HEADER: row["language"],
-        }
-        if hint:
-            headers[HINT_HEADER] = hint
+    headers = simulator_headers(row["key"], row["label"], scale, row["language"], hint) if cfg.simulated else {}
     return TeacherRequest(
         clip_key=row["key"],
         cache_key=hashlib.sha256(canonical.encode()).hexdigest(),

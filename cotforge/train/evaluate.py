@@ -183,16 +183,9 @@ def student_body(row: dict[str, Any], scale: Scale, cfg: Any) -> dict[str, Any]:
     return body
 
 
-def sim_headers(row: dict[str, Any], scale: Scale) -> dict[str, str]:
-    """What `cotforge teacher-sim` needs to answer around gold; sent only to a server whose model is sim/..."""
-    return {
-        "X-Cotforge-Key": row["key"], "X-Cotforge-Gold": repr(float(row["label"])),
-        "X-Cotforge-Range": f"{scale.low:g},{scale.high:g}", "X-Cotforge-Language": row.get("language") or "en",
-    }
-
-
 async def _ask_endpoint(corpus: Corpus, cfg: Any, fmt: EndpointFormat) -> tuple[list[str], list[str | None]]:
     from cotforge.teacher.client import TeacherCallError, TeacherClient
+    from cotforge.teacher.headers import simulator_headers
     from cotforge.teacher.request import ClipMedia, build_request, materialize
 
     outputs: list[str] = [""] * len(corpus)
@@ -207,7 +200,9 @@ async def _ask_endpoint(corpus: Corpus, cfg: Any, fmt: EndpointFormat) -> tuple[
                 body, headers = request.body, request.headers
             else:
                 body = student_body(row, corpus.scale, cfg)
-                headers = sim_headers(row, corpus.scale) if cfg.simulated else {}
+                # only a server that serves the simulator gets the gold label
+                headers = (simulator_headers(row["key"], row["label"], corpus.scale, row.get("language") or "en")
+                           if cfg.simulated else {})
             media = ClipMedia(frames=list(row["frames"] or []), frame_fps=float(row["frame_fps"] or 2.0),
                               audio_flac=row["audio"] or b"")
             filled = await asyncio.to_thread(materialize, body, media, cfg.video_codec)
