@@ -247,7 +247,9 @@ class TeacherConfig(Section):
         description="one MP4 with audio + use_audio_in_video, or (older servers) video and a separate WAV part",
     )
     video_codec: Literal["h264", "mjpeg"] = Field(
-        default="h264", description="codec of the MP4 sent to the teacher (mjpeg: 10x cheaper to mux, unverified on vLLM)"
+        default="mjpeg",
+        description="the MP4 sent to the teacher: mjpeg (the bundle's JPEGs copied, float PCM audio: a few ms a clip) or "
+        "h264 (H.264/AAC: ~10x the CPU, a second lossy generation); unset, a run keeps the codec it was asked with",
     )
     mm_kwargs: Literal["request", "server"] = Field(
         default="request",
@@ -380,6 +382,16 @@ class PipelineConfig(Section):
         """The teacher settings that decide what a request costs and says: changing them means paying again."""
         teacher = self.public_dump()["teacher"]
         return {k: teacher[k] for k in TEACHER_IDENTITY}
+
+    def keep_run_teacher(self, recorded: dict[str, Any] | None) -> None:
+        """Settings whose default changed keep, unless this config sets them, the value a run was asked with.
+
+        `teacher.video_codec` went from h264 to mjpeg: without this, every run asked before would be
+        refused on resume (or, with --force, asked again) for a setting its user never chose.
+        """
+        codec = (recorded or {}).get("video_codec")
+        if codec in ("h264", "mjpeg") and "video_codec" not in self.teacher.model_fields_set:
+            self.teacher.video_codec = codec
 
     def judge_fingerprint(self) -> str:
         """Hash of everything a clip's judgement depends on besides its labels: the teacher's identity,

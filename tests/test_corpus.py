@@ -72,10 +72,14 @@ def test_labels_on_disk_win_and_deleted_rows_leave(data: Path, tmp_path: Path) -
             answers = ledger.answers()
         accepted = sorted((k for k, a in answers.items() if a["state"] == "accepted" and not a["answer"]["hinted"]),
                           key=lambda k: -abs(answers[k]["answer"]["score"]))
-        flipped, nudged, deleted = accepted[0], accepted[1], accepted[2]
         fields, rows = read_rows(data / "label.csv")
         key = lambda row: f"mosi/{row['video_id']}/{row['clip_id']}"  # noqa: E731
-        old_flipped = next(float(r["label"]) for r in rows if key(r) == flipped)
+        labels = {key(r): float(r["label"]) for r in rows}
+        flipped = accepted[0]
+        # the nudged clip's label moves to its answer's score: a change only where the two differ
+        nudged = next(k for k in accepted[1:] if answers[k]["answer"]["score"] != labels[k])
+        deleted = next(k for k in accepted[1:] if k != nudged)
+        old_flipped = labels[flipped]
         new_flipped = -2.5 if old_flipped > 0 else 2.5
         nudged_score = answers[nudged]["answer"]["score"]
         for row in rows:

@@ -101,7 +101,8 @@ def test_fill_leaves_the_canonical_body_alone_and_matches_materialize(row: dict)
 
 
 def test_mjpeg_mp4_carries_the_bundle_packets_unchanged(row: dict) -> None:
-    """No encoding on the cheap path: the JPEG frames and the FLAC samples are the bundle's own."""
+    """No encoding on the cheap path: the JPEG frames are the bundle's own, and so are the samples, as float PCM in
+    [-1, 1] (what vLLM's audio loader reads unscaled; FLAC's int16 reached the model 32768 times too loud)."""
     import numpy as np
 
     from cotforge.media.encode import flac_to_pcm
@@ -113,5 +114,6 @@ def test_mjpeg_mp4_carries_the_bundle_packets_unchanged(row: dict) -> None:
         assert float(video.average_rate) == pytest.approx(row["frame_fps"], rel=1e-3)
         assert [bytes(p) for p in container.demux(video) if p.size] == list(row["frames"])
     with av.open(io.BytesIO(mp4)) as container:
+        assert container.streams.audio[0].codec_context.name == "pcm_f32le"
         samples = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
-    assert np.array_equal(samples, flac_to_pcm(row["audio"])[0])
+    assert samples.dtype == np.float32 and np.array_equal(samples * 32768, flac_to_pcm(row["audio"])[0])

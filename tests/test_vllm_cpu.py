@@ -6,6 +6,8 @@ What the simulator can only imitate is checked here against the real thing (issu
   re-ask, server-side media options) is answered 200 without a retry, and the answer parses;
 * the same bundles with both codecs, one after the other on one server, all 200: a media `uuid` names
   exactly the bytes sent (reusing one for other bytes is shown to fail);
+* vLLM's own media loaders read the same frames, times and audio samples from the MJPEG/float-PCM MP4
+  (the default) as from the H.264/AAC one, closer to the bundle (run in the vLLM venv, no server);
 * `plan`'s PromptCounter, with the model's tokenizer, equals the server's `usage.prompt_tokens`;
 * each vLLM error text the client matches on is produced by the real server and classified;
 * the offline backend (vllm.LLM in-process) runs its success path on the same model.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import json
 import os
 import signal
@@ -34,11 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from cotforge.config import MediaConfig, SourceConfig, TeacherConfig
 from cotforge.dc import parse_teacher
 from cotforge.media.decode import decode_clip
+from cotforge.media.encode import flac_to_pcm
 from cotforge.sources import open_source
 from cotforge.store.bundles import bundle_row
 from cotforge.teacher.client import MM_KWARGS_FIX, TeacherCallError, TeacherClient, TeacherUnavailable
@@ -313,6 +319,54 @@ def test_offline_backend_runs_the_same_requests(model_dir: Path, rows: list[dict
     assert results[3]["error"].startswith("TeacherCallError: vLLM offline engine refused the request"), results[3]
 
 
+# --- what the server decodes (no server needed: its own media loaders, in its virtualenv) -------------
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
+def test_the_server_decodes_the_same_frames_and_audio_from_both_codecs(rows: list[dict], tmp_path: Path) -> None:
+    """MJPEG copies the bundle's own JPEG packets and its samples as float PCM; H.264/AAC encodes both again.
+    vLLM's media loaders (tests/vllm_cpu/server_media.py: the server's MediaConnector calls on the request's
+    URL) get the same frames at the same times from both: as many as the bundle holds, the same sizes and
+    metadata, MJPEG's at least as close to the bundle's JPEGs as H.264's; the audio is the bundle's samples
+    exactly from float PCM, and close from AAC. (The bundle's FLAC, which MJPEG once carried, reached the
+    model unscaled: vLLM's PyAV loader keeps int16 values as floats, 32768 times too loud.)"""
+    bodies = []
+    for row in rows:
+        for codec in ("h264", "mjpeg"):
+            cfg = teacher_cfg("http://unused", video_codec=codec)
+            bodies.append(materialize(build_request(row, cfg, MOSI_SCALE).body, media_of(row), codec))
+    (tmp_path / "bodies.json").write_text(json.dumps(bodies))
+    subprocess.run([VLLM_PYTHON, str(HERE / "server_media.py"), str(tmp_path / "bodies.json"), str(tmp_path / "media.npz")],
+                   check=True, capture_output=True, timeout=300, env={**os.environ, **VLLM_ENV})
+    seen = np.load(tmp_path / "media.npz")
+    metadata = json.loads(bytes(seen["metadata"]))
+    print(f"\n{'clip':22} {'frames':>6} {'size':>9} {'fps':>5} {'MJPEG vs bundle':>16} {'H.264 vs bundle':>16} {'AAC vs bundle':>13}")
+    quality: list[tuple[float, float, float]] = []
+    for index, row in enumerate(rows):
+        h264, mjpeg = 2 * index, 2 * index + 1
+        bundle = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in row["frames"]])
+        pcm = flac_to_pcm(row["audio"])[0].astype(np.float32) / 32768
+        frames_h, frames_m = seen[f"frames{h264}"], seen[f"frames{mjpeg}"]
+        audio_h, audio_m = seen[f"audio{h264}"], seen[f"audio{mjpeg}"]
+        assert frames_m.shape == frames_h.shape == bundle.shape, (row["key"], frames_m.shape, frames_h.shape, bundle.shape)
+        same = ("fps", "total_num_frames", "frames_indices", "duration", "audio_rate")
+        assert {k: metadata[h264].get(k) for k in same} == {k: metadata[mjpeg].get(k) for k in same}, (metadata[h264], metadata[mjpeg])
+        assert metadata[mjpeg]["audio_rate"] == row["audio_sample_rate"]
+        assert len(audio_m) == len(pcm) and np.array_equal(audio_m, pcm)  # float PCM: the bundle's samples, in [-1, 1]
+        overlap = min(len(audio_h), len(pcm))
+        aac_snr = 10 * np.log10(np.sum(pcm[:overlap] ** 2) / max(np.sum((audio_h[:overlap] - pcm[:overlap]) ** 2), 1e-12))
+        print(f"{row['key']:22} {len(bundle):>6} {bundle.shape[2]:>4}x{bundle.shape[1]:<4} {metadata[mjpeg]['fps']:>5.2f} "
+              f"{psnr(frames_m, bundle):>13.1f} dB {psnr(frames_h, bundle):>13.1f} dB {aac_snr:>9.1f} dB")
+        quality.append((psnr(frames_m, bundle), psnr(frames_h, bundle), aac_snr))
+    # MJPEG differs from the JPEGs as decoded here only by the server's decoder (FFmpeg's, then OpenCV's colour
+    # conversion): 41-45 dB seen; H.264 adds its own loss on top (39-45 dB), never less
+    assert all(mjpeg >= 40 and mjpeg >= h264 - 0.5 and h264 >= 35 and aac >= 25 for mjpeg, h264, aac in quality), quality
+
+
 # --- the served contract ------------------------------------------------------------------------------
 
 
@@ -321,9 +375,9 @@ def test_every_request_shape_is_served_and_plan_counts_it_exactly(servers: Serve
     trusted = servers.trusted.url
     shapes = [
         # the same bundles with both codecs, one after the other, on one server (the encoder cache outlives a run)
-        Shape("video_audio h264 response_format", all_rows=True),
-        Shape("video_audio mjpeg response_format", {"video_codec": "mjpeg"}, all_rows=True),
-        Shape("separate h264 structured_outputs", {"media_mode": "separate", "structured": "structured_outputs"}),
+        Shape("video_audio h264 response_format", {"video_codec": "h264"}, all_rows=True),
+        Shape("video_audio mjpeg response_format", all_rows=True),
+        Shape("separate mjpeg structured_outputs", {"media_mode": "separate", "structured": "structured_outputs"}),
         Shape("n=2 samples", {"n": 2}),
         Shape("hinted re-ask (attempt 1)", hint="positive", attempt=1),
         Shape("media_dir file:// URL", {"media_dir": servers.media_dir}),

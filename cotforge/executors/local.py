@@ -76,6 +76,7 @@ class LocalExecutor:
         self.command = command
         self.quiet = quiet
         self.run_dir = RunDir(cfg.run)
+        cfg.keep_run_teacher(self.run_dir.recorded_teacher())
         self.result = PipelineResult()
         self.steps: dict[str, Any] = {}
         self.budget_error: TeacherBudgetReached | None = None

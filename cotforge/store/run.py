@@ -39,6 +39,14 @@ class RunDir:
     def exists(self) -> bool:
         return self.ledger_path.is_file()
 
+    def recorded_teacher(self) -> dict[str, Any] | None:
+        """The teacher settings the run was last asked with (None before its first request)."""
+        if not self.exists():
+            return None
+        with self.open_ledger(read_only=True) as ledger:
+            value = ledger.get_meta("teacher")
+        return None if value is None else json.loads(value)
+
     def open_ledger(self, read_only: bool = False) -> Ledger:
         """The ledger; read-only commands (status, plan, report) open it so, and work on a read-only folder."""
         if read_only:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from cotforge.config import TeacherConfig
 from cotforge.resources import load_schema
 from cotforge.teacher.headers import simulator_headers
-from cotforge.teacher.media import data_url, mux_mp4, wav_bytes
+from cotforge.teacher.media import RECIPES, data_url, mux_mp4, wav_bytes
 from cotforge.teacher.prompts import prompt_version, render_teacher
 from cotforge.types import Scale
 
@@ -93,7 +93,7 @@ def build_request(row: dict[str, Any], cfg: TeacherConfig, scale: Scale, hint: s
         # every frame of the MP4 (it holds exactly the bundle's frames, at their rate): a requested fps makes
         # vLLM resample, and a rounded fps silently drops frames (seen on a real server: 32 sent, 30 seen)
         body["media_io_kwargs"] = {"video": {"num_frames": -1}}
-    canonical = json.dumps({"body": body, "codec": cfg.video_codec}, sort_keys=True, ensure_ascii=False)
+    canonical = json.dumps({"body": body, "codec": RECIPES[cfg.video_codec]}, sort_keys=True, ensure_ascii=False)
     headers = simulator_headers(row["key"], row["label"], scale, row["language"], hint) if cfg.simulated else {}
     return TeacherRequest(
         clip_key=row["key"],
