@@ -383,15 +383,19 @@ class PipelineConfig(Section):
         teacher = self.public_dump()["teacher"]
         return {k: teacher[k] for k in TEACHER_IDENTITY}
 
-    def keep_run_teacher(self, recorded: dict[str, Any] | None) -> None:
-        """Settings whose default changed keep, unless this config sets them, the value a run was asked with.
+    def for_run(self, recorded: dict[str, Any] | None) -> PipelineConfig:
+        """This config for a run asked before with the `recorded` teacher settings: a setting whose default
+        changed keeps, unless this config sets it, the value the run was asked with (a copy; self is unchanged).
 
         `teacher.video_codec` went from h264 to mjpeg: without this, every run asked before would be
         refused on resume (or, with --force, asked again) for a setting its user never chose.
         """
         codec = (recorded or {}).get("video_codec")
-        if codec in ("h264", "mjpeg") and "video_codec" not in self.teacher.model_fields_set:
-            self.teacher.video_codec = codec
+        if codec not in ("h264", "mjpeg") or "video_codec" in self.teacher.model_fields_set or codec == self.teacher.video_codec:
+            return self
+        teacher = self.teacher.model_copy()
+        teacher.video_codec = codec
+        return self.model_copy(update={"teacher": teacher})
 
     def judge_fingerprint(self) -> str:
         """Hash of everything a clip's judgement depends on besides its labels: the teacher's identity,

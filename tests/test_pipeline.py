@@ -261,12 +261,15 @@ def test_a_run_asked_with_h264_keeps_it_when_the_codec_is_left_unset(demo, tmp_p
         unset = pipeline(demo.root, run, sim.url)
         assert unset.teacher.video_codec == "mjpeg"
         again = run_pipeline(unset, run, quiet=True)
-        assert unset.teacher.video_codec == "h264" and again.synth["requests"] == 0 and sim_requests(sim) == calls
-        planned = pipeline(demo.root, run, sim.url)
-        assert run_plan(planned, run).clips and planned.teacher.video_codec == "h264"  # plan counts what the run sends
+        assert again.synth["requests"] == 0 and sim_requests(sim) == calls and unset.teacher.video_codec == "mjpeg"
+        assert unset.for_run({"video_codec": "h264"}).teacher.video_codec == "h264"
+        # plan counts what the run sends: H.264's AAC is padded to whole frames, float PCM is not
+        mjpeg = pipeline(demo.root, run, sim.url, teacher={"video_codec": "mjpeg"})
+        tokens = {name: [c.prompt_tokens for c in run_plan(c, run).clips] for name, c in (("unset", unset), ("mjpeg", mjpeg))}
+        assert tokens["unset"] != tokens["mjpeg"], tokens
         with pytest.raises(RunError, match=r"other teacher settings \(video_codec 'h264' -> 'mjpeg'\)"):
             run_pipeline(pipeline(demo.root, run, sim.url, teacher={"video_codec": "mjpeg"}), run, quiet=True)
-    assert json.loads((run / "manifest.json").read_text())["config_hash"] == unset.fingerprint()
+    assert json.loads((run / "manifest.json").read_text())["config_hash"] == unset.for_run({"video_codec": "h264"}).fingerprint()
 
 
 def test_keep_all_writes_every_passing_sample(demo, tmp_path: Path) -> None:

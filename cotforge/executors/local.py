@@ -72,11 +72,10 @@ class LocalExecutor:
 
     def __init__(self, cfg: PipelineConfig, command: str, quiet: bool = False) -> None:
         assert cfg.run is not None, "the config names its run directory"
-        self.cfg = cfg
+        self.run_dir = RunDir(cfg.run)
+        self.cfg = cfg.for_run(self.run_dir.recorded_teacher())
         self.command = command
         self.quiet = quiet
-        self.run_dir = RunDir(cfg.run)
-        cfg.keep_run_teacher(self.run_dir.recorded_teacher())
         self.result = PipelineResult()
         self.steps: dict[str, Any] = {}
         self.budget_error: TeacherBudgetReached | None = None

@@ -43,7 +43,7 @@ class PlanStep(Step):
 def run_plan(cfg: PipelineConfig, run, counter: PromptCounter | None = None) -> PlanResult:
     """Plan every clip the teacher would get (its splits), from the run's bundles."""
     run_dir = RunDir(run)
-    cfg.keep_run_teacher(run_dir.recorded_teacher())
+    cfg = cfg.for_run(run_dir.recorded_teacher())
     with run_dir.open_ledger(read_only=True) as ledger:
         locations = ledger.bundle_locations()
         refs = ledger.refs(locations)
@@ -73,7 +73,7 @@ def preview_requests(cfg: PipelineConfig, run, limit: int) -> list[dict]:
     URL and the media hash (`uuid`) instead of megabytes of base64.
     """
     run_dir = RunDir(run)
-    cfg.keep_run_teacher(run_dir.recorded_teacher())
+    cfg = cfg.for_run(run_dir.recorded_teacher())
     with run_dir.open_ledger(read_only=True) as ledger:
         locations = ledger.bundle_locations()
         refs = ledger.refs(locations)
