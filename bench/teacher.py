@@ -5,8 +5,9 @@ Prints, measured side by side in one run:
     (the server's limit; target >= 0.95 with concurrency >= C);
   * the same ratio for a plain sequential openai client (the baseline);
   * client CPU per request, excluding media encoding (ms, this process only; the server runs in its own),
-    with an H.264/AAC body and with an MJPEG/FLAC one (the bigger payload costs more to send);
-  * media encoding per clip (ms) and the size of the MP4 (KiB): H.264/AAC (default) and MJPEG/FLAC.
+    with an H.264/AAC body and with an MJPEG/float-PCM one (the bigger payload costs more to send);
+  * media encoding per clip (ms) and the size of the MP4 (KiB): MJPEG/float PCM (the default: the bundle's
+    JPEGs copied) and H.264/AAC.
     The teacher step encodes a clip's media once, whatever the number of requests re-asking makes.
 
 Usage: python bench/teacher.py [--capacity 32] [--latency-ms 200] [--requests 1600]
@@ -118,7 +119,7 @@ def main() -> None:
         ("cotforge / sequential", f"{rate / seq_rate:.1f}x"),
         ("client CPU per request, no media: H.264 body, MJPEG body", f"{client_ms:.2f} ms, {client_mjpeg_ms:.2f} ms"),
         ("media encoding per clip, H.264/AAC", f"{h264:.1f} ms ({h264_kib:.0f} KiB MP4)"),
-        ("media encoding per clip, MJPEG/FLAC", f"{mjpeg:.1f} ms ({mjpeg_kib:.0f} KiB MP4)"),
+        ("media encoding per clip, MJPEG/float PCM (default)", f"{mjpeg:.1f} ms ({mjpeg_kib:.0f} KiB MP4)"),
     ]
     print_table(lines, "value")
 
