@@ -100,6 +100,33 @@ def test_the_loss_forward_receives_the_audio_and_video(demo_run: Path, tiny_omni
     assert completions.num_rows == 4 and "AUDIO" not in str(completions.column("prompt")[0])
 
 
+def test_a_policy_that_prefers_media_tokens_never_samples_one(demo_run: Path, tiny_omni_dir: Path, tmp_path: Path) -> None:
+    """A sampled audio or vision start token sends the Omni rope index looking for media that is not there and the
+    loss forward fails (seen in CI: `ValueError: 3 is not in list`, from a random policy's 8-token rollouts). TRL
+    suppresses only the image token; MediaGRPOTrainer suppresses every media token. Here every one of them is
+    the policy's favourite by a margin of 100 logits, and one step still trains."""
+    from cotforge.train.media_grpo import media_token_ids
+
+    trainer, spy = _omni_trainer(demo_run, tiny_omni_dir, tmp_path, hint=False)
+    config = trainer.model.config
+    media = media_token_ids(config)
+    named = {config.image_token_id, config.video_token_id, config.audio_token_id, config.vision_start_token_id,
+             config.audio_start_token_id, config.audio_end_token_id}  # the tiny config names no vision end token
+    assert set(media) == named and named <= set(trainer.generation_config.suppress_tokens)
+
+    def prefer_media(module: torch.nn.Module, args: tuple, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.clone()
+        logits[..., media] += 100.0
+        return logits
+
+    trainer.model.lm_head.register_forward_hook(prefer_media)
+    trainer.train()
+    completions = pq.read_table(tmp_path / "completions" / "completions_00001.parquet").column("completion").to_pylist()
+    tokenizer = trainer.processing_class.tokenizer
+    assert spy.training and logged(trainer, "loss")
+    assert not any(tokenizer.convert_ids_to_tokens(i) in str(completions) for i in media), completions
+
+
 def test_trl_alone_drops_the_media_from_the_loss(demo_run: Path, tiny_omni_dir: Path, tmp_path: Path) -> None:
     """The bug cotforge works around (trl#5373), seen by the same spy: generation has media, the loss has none."""
     from trl import GRPOTrainer

@@ -11,6 +11,10 @@ overrides of private methods (TRL 1.16, guarded by `check_trl_internals`):
   output as `mm_rows`, a list that TRL's shuffle and split keep aligned with the rows.
 - `_get_per_token_logps_and_entropies`: every chunk of the loss forward (and of the old/ref
   log-prob passes) gets its rows' media concatenated back into the model's batch layout.
+
+Generation never samples a media token (`MEDIA_TOKENS`): TRL suppresses the image token only, but a
+completion holding an audio or vision start token makes the Omni rope index look for media that is not
+there, and the loss forward fails (`ValueError: <id> is not in list`) whenever a young policy samples one.
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ TRL_INTERNALS = {
     ),
 }
 """The private GRPOTrainer methods cotforge overrides or calls, with their leading parameters."""
+
+MEDIA_TOKENS = (
+    "image_token_id", "video_token_id", "audio_token_id", "vision_start_token_id", "vision_end_token_id",
+    "audio_start_token_id", "audio_end_token_id",
+)
+"""Thinker config attributes naming the tokens that mark media in a prompt (those a config has)."""
+
+
+def media_token_ids(config: Any) -> list[int]:
+    """The ids of `MEDIA_TOKENS` in a model config; none for a text-only model."""
+    return sorted({value for name in MEDIA_TOKENS if isinstance(value := getattr(config, name, None), int)})
 
 
 def check_trl_internals() -> None:
@@ -118,6 +133,10 @@ class MediaGRPOTrainer(GRPOTrainer):
                 "generated without their audio and video. Keep use_vllm false (transformers generation), or train --text-only."
             )
         super().__init__(*args, **kwargs)
+        if self._is_vlm and not self.use_vllm:
+            suppressed = sorted(set(self.generation_config.suppress_tokens or []) | set(media_token_ids(self.model.config)))
+            self.generation_config.suppress_tokens = suppressed
+            self.generation_kwargs["suppress_tokens"] = suppressed
         self._encoded: dict[bytes, tuple[list[int], dict[str, torch.Tensor]]] = {}
         self._media_rows: list[dict[str, torch.Tensor]] | None = None
 
