@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import io
+import json
 from typing import Any
 
 import av
@@ -16,7 +17,9 @@ from cotforge.media.decode import decode_clip
 from cotforge.sources import open_source
 from cotforge.steps.teacher import TeacherStep
 from cotforge.store.bundles import bundle_row
-from cotforge.teacher.request import ClipMedia, build_request, encode_media, fill, materialize, media_uuid
+from cotforge.teacher.request import (
+    ClipMedia, PayloadText, body_json, build_request, encode_media, fill, materialize, media_uuid,
+)
 from cotforge.types import MOSI_SCALE, TeacherResponse
 from cotforge.validate import ValidateConfig
 
@@ -98,6 +101,26 @@ def test_fill_leaves_the_canonical_body_alone_and_matches_materialize(row: dict)
     assert filled == materialize(body, media, "mjpeg")  # the mux is deterministic: the same clip gives the same bytes
     hinted = build_request(row, cfg, MOSI_SCALE, hint="positive", attempt=3).body
     assert fill(hinted, payloads)["messages"][1]["content"][:2] == filled["messages"][1]["content"][:2]
+
+
+def test_a_body_is_posted_as_its_json_with_each_payload_escaped_once(row: dict) -> None:
+    """What the client posts is the body's JSON; a clip's payloads are escaped once for all its requests."""
+    cfg = TeacherConfig(media_mode="separate")
+    media = ClipMedia(row["frames"], row["frame_fps"], row["audio"])
+    payloads = encode_media(build_request(row, cfg, MOSI_SCALE).body, media, "mjpeg")
+    first = fill(build_request(row, cfg, MOSI_SCALE).body, payloads)
+    assert all("_json" not in p.data.__dict__ for p in payloads.values())
+    assert json.loads(body_json(first)) == first
+    made = [p.data.json for p in payloads.values()]
+    hinted = fill(build_request(row, cfg, MOSI_SCALE, hint="positive", attempt=1).body, payloads)
+    assert json.loads(body_json(hinted)) == hinted and [p.data.json for p in payloads.values()] == made
+    assert all(a is b for a, b in zip(made, [p.data.json for p in payloads.values()], strict=True))
+    # a payload JSON must escape (a file:// URL with a quote, a backslash and non-ASCII in its path) is escaped right
+    odd = PayloadText('file:///data/clips/a"b\\c-é.mp4')
+    part = first["messages"][1]["content"][0]
+    tricky = {**first, "messages": [first["messages"][0], {**first["messages"][1], "content": [
+        {**part, "video_url": {"url": odd}}, *first["messages"][1]["content"][1:]]}]}
+    assert json.loads(body_json(tricky))["messages"][1]["content"][0]["video_url"]["url"] == str(odd)
 
 
 def test_mjpeg_mp4_carries_the_bundle_packets_unchanged(row: dict) -> None:

@@ -24,6 +24,7 @@ from cotforge.config import TeacherConfig
 from cotforge.stats import Stats
 from cotforge.teacher.endpoints import Endpoint
 from cotforge.teacher.headers import SIMULATOR_OWNER
+from cotforge.teacher.request import body_json
 from cotforge.types import TeacherResponse
 
 PREFLIGHT_TIMEOUT_S = 8.0
@@ -245,6 +246,7 @@ class TeacherClient:
         attempt = 0
         self._check_budget()
         self.stats.inc("requests")
+        content = body_json(body)  # once, whatever the tries
         while True:
             self._take_out_dead()
             endpoint = await self._pick()
@@ -255,7 +257,7 @@ class TeacherClient:
                 endpoint.outstanding += 1
                 try:
                     with self.stats.gauge("in_flight"):
-                        completion = await self._send(endpoint, body, headers)
+                        completion = await self._send(endpoint, content, headers)
                 except openai.BadRequestError as err:
                     endpoint.answered()
                     raise self._refused(endpoint, err) from None
@@ -297,14 +299,14 @@ class TeacherClient:
                 endpoint.succeeded()
                 return self._response(completion, time.perf_counter() - began)
 
-    async def _send(self, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str] | None) -> Any:
+    async def _send(self, endpoint: Endpoint, content: bytes, headers: dict[str, str] | None) -> Any:
         """The HTTP call, abandoned (to be sent again) if its endpoint goes down while it waits.
 
-        The body is posted as it is (the SDK's documented way to a route with its own fields):
-        `chat.completions.create` would send the same JSON, but first walks every message part
-        against its typed parameters, which cost more CPU than all the rest of a request."""
+        The body's JSON (`request.body_json`) is posted as it is (the SDK's documented way to a route
+        with its own fields): `chat.completions.create` would send the same JSON, but first walks every
+        message part against its typed parameters, which cost more CPU than all the rest of a request."""
         options = {"headers": headers} if headers else {}
-        call = asyncio.ensure_future(endpoint.client.post("/chat/completions", cast_to=ChatCompletion, body=body, options=options))
+        call = asyncio.ensure_future(endpoint.client.post("/chat/completions", cast_to=ChatCompletion, body=content, options=options))
         tripped = asyncio.ensure_future(endpoint.tripped.wait())
         try:
             await asyncio.wait([call, tripped], return_when=asyncio.FIRST_COMPLETED)

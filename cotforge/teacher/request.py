@@ -118,11 +118,53 @@ def media_uuids(body: dict[str, Any]) -> list[str]:
     return [p["uuid"] for p in _media_parts(body)]
 
 
+class PayloadText(str):
+    """A media payload's text that keeps its JSON form once made: a clip's payload (megabytes of base64) goes
+    out with each of its requests, and encoding a body would otherwise scan every byte of it each time.
+    Everywhere else it is the str it holds."""
+
+    @property
+    def json(self) -> bytes:
+        """The JSON string literal, quotes included, as UTF-8."""
+        cached = self.__dict__.get("_json")
+        if cached is None:
+            cached = self.__dict__["_json"] = json.dumps(str(self), ensure_ascii=False).encode()
+        return cached
+
+
 class MediaPayload(NamedTuple):
     """What one media part carries: `data` (a data or file:// URL, or base64 WAV) and `uuid`, the hash of its bytes."""
 
-    data: str
+    data: PayloadText
     uuid: str
+
+
+# Stands for a payload while the rest of a body is encoded; unguessable, so no transcript can hold it.
+_STAND_IN = f"cotforge-payload-{os.urandom(8).hex()}"
+
+
+def body_json(body: dict[str, Any]) -> bytes:
+    """A filled body as the JSON bytes posted: the small rest encoded as usual, each PayloadText spliced
+    in from its JSON form (made once per clip, not once per request)."""
+    spliced: list[bytes] = []
+    messages = list(body["messages"])
+    messages[1] = dict(messages[1])
+    content = messages[1]["content"] = list(messages[1]["content"])
+    for index, part in enumerate(content):
+        kind = part.get("type")
+        value = part[kind].get(PAYLOAD_FIELD[kind]) if kind in PAYLOAD_FIELD else None
+        if isinstance(value, PayloadText):
+            content[index] = {**part, kind: {**part[kind], PAYLOAD_FIELD[kind]: _STAND_IN}}
+            spliced.append(value.json)
+    text = json.dumps({**body, "messages": messages}, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    if not spliced:
+        return text
+    pieces = text.split(json.dumps(_STAND_IN).encode())
+    assert len(pieces) == len(spliced) + 1, "a payload stand-in appears elsewhere in the body"
+    out = [pieces[0]]
+    for payload, piece in zip(spliced, pieces[1:], strict=True):
+        out += [payload, piece]
+    return b"".join(out)
 
 
 def encode_media(
@@ -140,10 +182,10 @@ def encode_media(
             else:
                 mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
                 url = data_url("video/mp4", mp4)
-            payloads[part["uuid"]] = MediaPayload(url, media_uuid(mp4))
+            payloads[part["uuid"]] = MediaPayload(PayloadText(url), media_uuid(mp4))
         else:
             wav = wav_bytes(media.audio_flac)
-            payloads[part["uuid"]] = MediaPayload(base64.b64encode(wav).decode("ascii"), media_uuid(wav))
+            payloads[part["uuid"]] = MediaPayload(PayloadText(base64.b64encode(wav).decode("ascii")), media_uuid(wav))
     return payloads
 
 
@@ -174,7 +216,7 @@ def media_uuid(data: bytes) -> str:
 
 def _local_video(media_dir: Path, uuid: str, media: ClipMedia, codec: str, separate: bool) -> tuple[str, bytes]:
     """(file:// URL, bytes) of the clip's MP4 in a shared folder: written once, so a re-ask or re-run reuses it."""
-    path = media_dir / f"{uuid.replace(':', '-')}-{codec}.mp4"
+    path = media_dir / f"{uuid.replace(':', '-')}-{RECIPES[codec]}.mp4"  # the recipe: an older MJPEG file held FLAC
     if path.is_file():
         return path.resolve().as_uri(), path.read_bytes()
     mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
