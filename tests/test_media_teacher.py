@@ -121,6 +121,11 @@ def test_a_body_is_posted_as_its_json_with_each_payload_escaped_once(row: dict) 
     tricky = {**first, "messages": [first["messages"][0], {**first["messages"][1], "content": [
         {**part, "video_url": {"url": odd}}, *first["messages"][1]["content"][1:]]}]}
     assert json.loads(body_json(tricky))["messages"][1]["content"][0]["video_url"]["url"] == str(odd)
+    # any body a caller posts: one message with text content, or a payload in the only message
+    plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert json.loads(body_json(plain)) == plain
+    alone = {"model": "m", "messages": [{"role": "user", "content": [{**part, "video_url": {"url": odd}}]}]}
+    assert json.loads(body_json(alone)) == alone
 
 
 def test_mjpeg_mp4_carries_the_bundle_packets_unchanged(row: dict) -> None:

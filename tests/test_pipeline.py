@@ -287,7 +287,7 @@ def test_media_by_file_url_for_a_server_on_a_shared_filesystem(demo, tmp_path: P
         cfg = pipeline(demo.root, tmp_path / "run", sim.url, teacher={"media_dir": str(shared / "media")})
         run_pipeline(cfg, tmp_path / "run", quiet=True)
     assert ledger_counts(tmp_path / "run")["accepted"] > 0
-    assert len(list((shared / "media").glob("*-mjpeg+pcm_f32le.mp4"))) == 8  # named by the recipe: an old FLAC MJPEG is never reused
+    assert len(list((shared / "media").glob("*-mjpeg-pcm_f32le.mp4"))) == 8  # named by the recipe: an old FLAC MJPEG is never reused
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert all(entry["status"] == 200 for entry in logged)
     with SimProcess(SimConfig(port=0, **FAST)) as sim:  # a server that may not read local files

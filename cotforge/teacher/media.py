@@ -30,7 +30,7 @@ def container_rate(fps: float) -> Fraction:
 # other media are not reused. MJPEG once carried the bundle's FLAC, which vLLM's PyAV audio loader hands
 # to the model unscaled (int16 values as floats, 32768 times too loud: tests/test_vllm_cpu.py); float PCM
 # is read as the same samples in [-1, 1] that AAC decodes to.
-RECIPES = {"h264": "h264", "mjpeg": "mjpeg+pcm_f32le"}
+RECIPES = {"h264": "h264", "mjpeg": "mjpeg-pcm_f32le"}
 
 
 def mux_mp4(frames: list[bytes], fps: float, audio_flac: bytes | None, codec: str = "mjpeg") -> bytes:

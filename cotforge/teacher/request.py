@@ -145,26 +145,35 @@ _STAND_IN = f"cotforge-payload-{os.urandom(8).hex()}"
 
 def body_json(body: dict[str, Any]) -> bytes:
     """A filled body as the JSON bytes posted: the small rest encoded as usual, each PayloadText spliced
-    in from its JSON form (made once per clip, not once per request)."""
+    in from its JSON form (made once per clip, not once per request). Any body may come here: one whose
+    messages hold no PayloadText (a probe, a caller's own request) is plain JSON."""
     spliced: list[bytes] = []
-    messages = list(body["messages"])
-    messages[1] = dict(messages[1])
-    content = messages[1]["content"] = list(messages[1]["content"])
-    for index, part in enumerate(content):
-        kind = part.get("type")
-        value = part[kind].get(PAYLOAD_FIELD[kind]) if kind in PAYLOAD_FIELD else None
-        if isinstance(value, PayloadText):
-            content[index] = {**part, kind: {**part[kind], PAYLOAD_FIELD[kind]: _STAND_IN}}
-            spliced.append(value.json)
+    messages = []
+    for message in body["messages"]:
+        parts = message.get("content") if isinstance(message, dict) else None
+        if isinstance(parts, list):
+            message = {**message, "content": [_stand_in(part, spliced) for part in parts]}
+        messages.append(message)
     text = json.dumps({**body, "messages": messages}, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     if not spliced:
         return text
     pieces = text.split(json.dumps(_STAND_IN).encode())
-    assert len(pieces) == len(spliced) + 1, "a payload stand-in appears elsewhere in the body"
+    if len(pieces) != len(spliced) + 1:  # only a body that already held the random stand-in could do this
+        raise ValueError(f"{len(pieces) - 1} payload stand-ins in a body with {len(spliced)} payloads")
     out = [pieces[0]]
     for payload, piece in zip(spliced, pieces[1:], strict=True):
         out += [payload, piece]
     return b"".join(out)
+
+
+def _stand_in(part: Any, spliced: list[bytes]) -> Any:
+    """The part with its PayloadText (if it holds one) replaced by the stand-in, whose JSON goes to `spliced`."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    value = part[kind].get(PAYLOAD_FIELD[kind]) if kind in PAYLOAD_FIELD and isinstance(part.get(kind), dict) else None
+    if not isinstance(value, PayloadText):
+        return part
+    spliced.append(value.json)
+    return {**part, kind: {**part[kind], PAYLOAD_FIELD[kind]: _STAND_IN}}
 
 
 def encode_media(

@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
+stamp() { cat "$@" | sha256sum | cut -c1-16; }  # contents only: the same scripts in another checkout match
 
 venv_stamp=$(stamp "$here/make_venv.sh" "$here/_tv_cpu_shim.py")
 if [[ "$(cat "$dir/venv/.cotforge-stamp" 2>/dev/null)" != "$venv_stamp" ]]; then
