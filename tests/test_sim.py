@@ -280,6 +280,18 @@ def test_audio_in_video_needs_an_audio_track_and_the_fallback_does_not(server: S
     assert _rationale(_ask(client, _with_audio_part(_body(silent_clip, mm_processor_kwargs=None))))
 
 
+def test_media_seen_before_is_judged_by_its_bytes_not_its_uuid(server: SimProcess, clip: bytes, silent_clip: bytes) -> None:
+    """The simulator keeps what it learnt of recent payloads (re-asks resend a clip's media), keyed by the bytes:
+    other media under a reused uuid is judged afresh, and a refused payload is refused each time."""
+    client = _client(server)
+    first = _ask(client, _body(clip))
+    for _ in range(2):  # the silent clip carries the uuid the good one was sent with
+        with pytest.raises(openai.BadRequestError, match="Video doesn't have audio track"):
+            _ask(client, _body(silent_clip))
+    again = _ask(client, _body(clip, seed=99))
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+
+
 def test_untrusted_request_mm_kwargs_are_refused(clip: bytes) -> None:
     with SimProcess(_config(trust_request_mm_kwargs=False)) as sim:
         client = _client(sim)
