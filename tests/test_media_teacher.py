@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import pickle
 from typing import Any
 
 import av
@@ -18,7 +19,7 @@ from cotforge.sources import open_source
 from cotforge.steps.teacher import TeacherStep
 from cotforge.store.bundles import bundle_row
 from cotforge.teacher.request import (
-    ClipMedia, PayloadText, body_json, build_request, encode_media, fill, materialize, media_uuid,
+    ClipMedia, MediaPayload, PayloadText, body_json, build_request, encode_media, fill, materialize, media_uuid,
 )
 from cotforge.types import MOSI_SCALE, TeacherResponse
 from cotforge.validate import ValidateConfig
@@ -121,6 +122,11 @@ def test_a_body_is_posted_as_its_json_with_each_payload_escaped_once(row: dict) 
     tricky = {**first, "messages": [first["messages"][0], {**first["messages"][1], "content": [
         {**part, "video_url": {"url": odd}}, *first["messages"][1]["content"][1:]]}]}
     assert json.loads(body_json(tricky))["messages"][1]["content"][0]["video_url"]["url"] == str(odd)
+    # from a media worker a payload travels as its JSON form alone and arrives as the same text
+    for sent in (*payloads.values(), MediaPayload(odd, "x")):
+        arrived = pickle.loads(pickle.dumps(sent))
+        assert arrived == sent and type(arrived.data) is PayloadText and arrived.data.__dict__["_json"] == sent.data.json
+        assert len(pickle.dumps(sent)) < len(sent.data.json) + 200  # the JSON form only, not the text beside it
     # any body a caller posts: one message with text content, or a payload in the only message
     plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert json.loads(body_json(plain)) == plain

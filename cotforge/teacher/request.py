@@ -121,7 +121,10 @@ def media_uuids(body: dict[str, Any]) -> list[str]:
 class PayloadText(str):
     """A media payload's text that keeps its JSON form once made: a clip's payload (megabytes of base64) goes
     out with each of its requests, and encoding a body would otherwise scan every byte of it each time.
-    Everywhere else it is the str it holds."""
+    Everywhere else it is the str it holds.
+
+    It is made in a media worker and travels to the event loop as its JSON form only (`__reduce__`), so
+    the escaping is paid in the worker and the loop rebuilds the text by decoding, not by parsing."""
 
     @property
     def json(self) -> bytes:
@@ -130,6 +133,18 @@ class PayloadText(str):
         if cached is None:
             cached = self.__dict__["_json"] = json.dumps(str(self), ensure_ascii=False).encode()
         return cached
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return _payload_from_json, (self.json,)
+
+
+def _payload_from_json(literal: bytes) -> PayloadText:
+    """The PayloadText of a JSON string literal. Without a backslash the literal holds no escape (json.dumps
+    escapes only with one), so its text is the bytes between the quotes; else it is parsed."""
+    text = literal[1:-1].decode() if b"\\" not in literal else json.loads(literal)
+    payload = PayloadText(text)
+    payload.__dict__["_json"] = literal
+    return payload
 
 
 class MediaPayload(NamedTuple):
