@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 
+import httpx
 import pytest
 
 from cotforge.config import MediaConfig, SourceConfig, TeacherConfig
@@ -85,3 +86,22 @@ def test_offline_backend_without_vllm_says_what_to_install() -> None:
 
     with pytest.raises(TeacherUnavailable, match=r"\[teacher-vllm\]"):
         asyncio.run(go())
+
+
+def test_every_request_within_the_concurrency_is_in_service_at_once(request_parts) -> None:
+    """An endpoint's connections are spread over several small HTTP clients (httpx scans every connection of
+    a pool per request); none of the `concurrency` requests may wait for a connection behind a busy one."""
+    body, headers = request_parts
+    with SimProcess(SimConfig(port=0, latency_ms=2000, capacity=64)) as sim:
+        cfg = TeacherConfig(url=sim.url, model="sim/qwen3-omni", concurrency=40)
+
+        async def go() -> list[int]:
+            async with TeacherClient(cfg) as client:
+                endpoint = client.endpoints[0]
+                assert len(endpoint.lanes) == 3  # 40 + 8 connections in lanes of 16
+                await asyncio.gather(*(client.ask({**body, "seed": seed}, headers) for seed in range(40)))
+                return endpoint.lane_load
+
+        loads = asyncio.run(go())
+        stats = httpx.get(f"{sim.root}/sim/stats", trust_env=False).json()
+    assert stats["max_in_flight"] == 40 and loads == [0, 0, 0]

@@ -306,21 +306,22 @@ class TeacherClient:
         with its own fields): `chat.completions.create` would send the same JSON, but first walks every
         message part against its typed parameters, which cost more CPU than all the rest of a request."""
         options = {"headers": headers} if headers else {}
-        call = asyncio.ensure_future(endpoint.client.post("/chat/completions", cast_to=ChatCompletion, body=content, options=options))
-        tripped = asyncio.ensure_future(endpoint.tripped.wait())
-        try:
-            await asyncio.wait([call, tripped], return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            call.cancel()  # this request was cancelled (the run is stopping): so is its HTTP call
+        with endpoint.lane() as lane:
+            call = asyncio.ensure_future(lane.post("/chat/completions", cast_to=ChatCompletion, content=content, options=options))
+            tripped = asyncio.ensure_future(endpoint.tripped.wait())
+            try:
+                await asyncio.wait([call, tripped], return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                call.cancel()  # this request was cancelled (the run is stopping): so is its HTTP call
+                await asyncio.gather(call, return_exceptions=True)
+                raise
+            finally:
+                tripped.cancel()
+            if call.done():
+                return call.result()
+            call.cancel()
             await asyncio.gather(call, return_exceptions=True)
-            raise
-        finally:
-            tripped.cancel()
-        if call.done():
-            return call.result()
-        call.cancel()
-        await asyncio.gather(call, return_exceptions=True)
-        raise _Stalled
+            raise _Stalled
 
     def _refused(self, endpoint: Endpoint, err: openai.APIStatusError) -> Exception:
         message = _message(err)
