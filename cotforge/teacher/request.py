@@ -137,6 +137,16 @@ class PayloadText(str):
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         return _payload_from_json, (self.json,)
 
+    @classmethod
+    def of_ascii(cls, text: str) -> PayloadText:
+        """A payload of characters JSON never escapes (base64, a data URL of it, a percent-encoded file URL):
+        its JSON form is the text in quotes, made by copying instead of scanning for what to escape."""
+        if '"' in text or "\\" in text:
+            raise ValueError("a payload with a quote or a backslash needs escaping: use PayloadText(text)")
+        payload = cls(text)
+        payload.__dict__["_json"] = b'"' + text.encode("ascii") + b'"'
+        return payload
+
 
 def _payload_from_json(literal: bytes) -> PayloadText:
     """The PayloadText of a JSON string literal. Without a backslash the literal holds no escape (json.dumps
@@ -206,10 +216,10 @@ def encode_media(
             else:
                 mp4 = mux_mp4(media.frames, media.frame_fps, None if separate else media.audio_flac, codec)
                 url = data_url("video/mp4", mp4)
-            payloads[part["uuid"]] = MediaPayload(PayloadText(url), media_uuid(mp4))
+            payloads[part["uuid"]] = MediaPayload(PayloadText.of_ascii(url), media_uuid(mp4))
         else:
             wav = wav_bytes(media.audio_flac)
-            payloads[part["uuid"]] = MediaPayload(PayloadText(base64.b64encode(wav).decode("ascii")), media_uuid(wav))
+            payloads[part["uuid"]] = MediaPayload(PayloadText.of_ascii(base64.b64encode(wav).decode("ascii")), media_uuid(wav))
     return payloads
 
 
