@@ -71,6 +71,10 @@ class SimError(Exception):
         return {"error": {"message": self.message, "type": _ERROR_TYPES[self.status], "param": self.param, "code": self.status}}
 
 
+class ProbeNeeded(Exception):
+    """A request's media must be decoded to be checked (see `check_request`'s `probe`)."""
+
+
 def invalid(message: str, param: str | None = None, value: object = None) -> SimError:
     """A 400 worded like vLLM's `VLLMValidationError`, which appends its parameter and value to the message."""
     extras = [f"{name}={item}" for name, item in (("parameter", param), ("value", value)) if item is not None]
@@ -117,8 +121,11 @@ class CheckedRequest:
     transcript: str
 
 
-def check_request(body: Any, cfg: SimConfig) -> CheckedRequest:
-    """Refuse (SimError) what vLLM would refuse, roughly in the order vLLM checks; else measure the request."""
+def check_request(body: Any, cfg: SimConfig, probe: bool = True) -> CheckedRequest:
+    """Refuse (SimError) what vLLM would refuse, roughly in the order vLLM checks; else measure the request.
+
+    With `probe=False` no media is decoded: media not seen before raises ProbeNeeded (the server then runs
+    the check again off its event loop), so the common case, a re-ask's known media, costs no thread."""
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object")
     if body.get("model") not in (None, cfg.model):
@@ -129,7 +136,7 @@ def check_request(body: Any, cfg: SimConfig) -> CheckedRequest:
     structured = _structured(body)
     parts = _parts(body.get("messages"))
     _check_limits([part["type"] for _, part in parts], options.use_audio_in_video, cfg.limit_mm_per_prompt)
-    media = tuple(_load(where, part, options) for where, part in parts if part["type"] != "text")
+    media = tuple(_load(where, part, options, probe) for where, part in parts if part["type"] != "text")
     if options.use_audio_in_video and any(m.part_type == "video_url" and m.track_seconds is None for m in media):
         raise invalid("Video doesn't have audio track with `audio_in_video=True`")
     texts = [part["text"] for _, part in parts if part["type"] == "text"]
@@ -265,28 +272,30 @@ def _check_limits(part_types: list[str], use_audio_in_video: bool, limits: dict[
         )
 
 
-def _load(where: str, part: dict[str, Any], options: MediaOptions) -> MediaItem:
+def _load(where: str, part: dict[str, Any], options: MediaOptions, probe: bool = True) -> MediaItem:
     kind = part["type"]
     try:
         if kind == "input_audio":
-            size, seconds = _probe_inline("audio", part["input_audio"]["data"], where)
+            size, seconds = _probe_inline("audio", part["input_audio"]["data"], where, probe)
             return MediaItem(kind, f"audio/{part['input_audio']['format']}", size, audio_tokens(seconds))
         url = part[kind]["url"]
         if url.startswith("file://"):
+            if not probe:
+                raise ProbeNeeded
             data = read_local(url, options.allowed_local_media_path, where)
             return _video_item("video/mp4", len(data), probe_video(data, where), options) if kind == "video_url" else \
                 MediaItem(kind, "audio/wav", len(data), audio_tokens(probe_audio(data, where)))
         mime, payload = split_data_url(url, where)
         if kind == "video_url" and mime == "video/jpeg":
-            size, video = _probe_inline("jpeg frames", payload, where)
+            size, video = _probe_inline("jpeg frames", payload, where, probe)
             return _video_item(mime, size, video, options)
         if kind == "video_url":
-            size, video = _probe_inline("video", payload, where)
+            size, video = _probe_inline("video", payload, where, probe)
             return _video_item(mime, size, video, options)
         if kind == "image_url":
-            size, dims = _probe_inline("image", payload, where)
+            size, dims = _probe_inline("image", payload, where, probe)
             return MediaItem(kind, mime, size, image_tokens(*dims))
-        size, seconds = _probe_inline("audio", payload, where)
+        size, seconds = _probe_inline("audio", payload, where, probe)
         return MediaItem(kind, mime, size, audio_tokens(seconds))
     except MediaError as exc:
         raise invalid(str(exc)) from None
@@ -299,7 +308,7 @@ _PROBES: dict[str, Callable[[bytes, str], Any]] = {
 }
 
 
-def _probe_inline(what: str, payload: str, where: str) -> tuple[int, Any]:
+def _probe_inline(what: str, payload: str, where: str, probe: bool = True) -> tuple[int, Any]:
     """(decoded size, probe result) of a base64 payload. A client sends a clip's media again with each
     re-ask of it; on the 2-core machines the load tests run on, decoding and probing it again would take
     the CPU the client under test needs. So results are kept for recent payloads, keyed by a hash of the
@@ -310,6 +319,8 @@ def _probe_inline(what: str, payload: str, where: str) -> tuple[int, Any]:
         if hit is not None:
             _PROBED.move_to_end(key)
             return hit
+    if not probe:
+        raise ProbeNeeded
     if what == "jpeg frames":
         result: tuple[int, Any] = (len(payload) * 3 // 4, probe_jpeg_frames(payload, where))
     else:

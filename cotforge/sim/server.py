@@ -30,7 +30,7 @@ from cotforge.sim.config import Fault, OutageMode, SimConfig
 from cotforge.sim.faults import Outage, draw_fault
 from cotforge.sim.http11 import HttpServer, Request, Response
 from cotforge.sim.process import SimProcess
-from cotforge.sim.requests import CheckedRequest, SimError, check_request, completion_budget, invalid
+from cotforge.sim.requests import CheckedRequest, ProbeNeeded, SimError, check_request, completion_budget, invalid
 from cotforge.sim.service import Engine
 from cotforge.sim.stats import RequestLog, Stats
 from cotforge.teacher.headers import CLIP_HEADERS, KEY_HEADER, SIMULATOR_OWNER
@@ -152,7 +152,10 @@ class Simulator:
         try:
             body = _json_body(request.body)
             record.update(_describe(body, self.log.bodies))
-            checked = await asyncio.to_thread(check_request, body, self.cfg)
+            try:
+                checked = check_request(body, self.cfg, probe=False)  # media seen before: checked here, at once
+            except ProbeNeeded:
+                checked = await asyncio.to_thread(check_request, body, self.cfg)  # decoding: off the event loop
             clip = Clip.from_headers(request.headers)
         except SimError as exc:
             record["error"] = exc.message
