@@ -12,7 +12,8 @@
    >= 0.95), and the start-up (command start to first request) and the tail (from the last moment
    the server had C requests in service to the last answer) separately. From the synth command's
    whole process tree (a cgroup, or /proc polling): client CPU per request between the first request
-   and the last answer, media muxing and its workers included. The simulator's own CPU per request
+   and the last answer, media muxing and its workers included; and the synth process's own share (its
+   event loop and threads), which one core bounds. The simulator's own CPU per request
    is shown beside it: on a small machine it shares the same cores.
 
 The default server of case 1 (C=16, L=2 s: 8 clips/s) is several times faster than a real
@@ -155,6 +156,7 @@ def reask_case(base: Path, workdir: Path, capacity: int, latency_ms: float, code
         "tail": None if full_until is None else last_done - full_until,
         "shutdown": usage.started + usage.wall - last_done,
         "cpu_per_request": (usage.cpu_at(last_done) - usage.cpu_at(first)) / requests * 1000,
+        "loop_cpu_per_request": (usage.root_cpu_at(last_done) - usage.root_cpu_at(first)) / requests * 1000,
         "sim_cpu_per_request": sim_cpu / requests * 1000,
         "method": usage.method,
     }
@@ -174,6 +176,8 @@ def reask_rows(args: argparse.Namespace, workdir: Path) -> list[tuple[str, str]]
                 ("  requests/s steady / C/L (simulator's log)", f"{r['steady'] / r['ideal']:.3f}x of {r['ideal']:.0f} req/s  (target >= 0.95)"),
                 ("  requests/s first request to last answer / C/L", f"{r['overall'] / r['ideal']:.3f}x"),
                 ("  client CPU per request, muxing included", f"{r['cpu_per_request']:.1f} ms  (whole tree, {r['method']})"),
+                ("    of which the synth process (its event loop)",
+                 f"{r['loop_cpu_per_request']:.1f} ms  (one core: {1000 / max(r['loop_cpu_per_request'], 1e-9):.0f} req/s at most)"),
                 ("  start-up: command start to first request", f"{r['startup']:.1f} s ({r['startup_cpu']:.1f} CPU s)"),
                 ("  tail: server below C to last answer; then exit",
                  f"{r['tail']:.2f} s; {r['shutdown']:.2f} s" if r["tail"] is not None

@@ -41,10 +41,16 @@ class Usage:
     started: float = 0.0  # time.time() at the start
     series: list[tuple[float, float]] = field(default_factory=list)  # (time.time(), CPU seconds so far)
     stdout: str = ""
+    root_series: list[tuple[float, float]] = field(default_factory=list)  # the same for the command's own process
 
     def cpu_at(self, when: float) -> float:
         """CPU seconds spent by `when` (the last sample before it)."""
         return max((cpu for t, cpu in self.series if t <= when), default=0.0)
+
+    def root_cpu_at(self, when: float) -> float:
+        """CPU seconds of the command's own process (all its threads, not its children) by `when`: what an
+        event loop in it may use is one core, whatever the tree has."""
+        return max((cpu for t, cpu in self.root_series if t <= when), default=0.0)
 
 
 def _cgroup_usable() -> bool:
@@ -81,6 +87,16 @@ def _kib(text: str, name: str) -> int | None:
     return next((int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith(name)), None)
 
 
+def _cpu(pid: int) -> float | None:
+    """CPU seconds of one process (user + system, every thread), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def _sample(pid: int) -> tuple[float, int, int, int] | None:
     """(CPU seconds, resident, proportional and peak resident bytes) of one process, or None when it is gone."""
     try:
@@ -106,6 +122,7 @@ class _Poller(threading.Thread):
         self.hwm: dict[int, int] = {}
         self.peak_rss = self.peak_pss = 0
         self.series: list[tuple[float, float]] = []
+        self.root_series: list[tuple[float, float]] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -114,6 +131,9 @@ class _Poller(threading.Thread):
 
     def sample(self) -> None:
         now = time.time()
+        root = _cpu(self.root)
+        if root is not None:
+            self.root_series.append((now, root))
         if self.cpu_file is not None and not self.memory:
             self.series.append((now, int(self.cpu_file.read_text()) / 1e9))
             return
@@ -169,7 +189,8 @@ def measure(
         else:
             cpu, peak, method = sum(poller.cpu.values()), None, "/proc polling"
         poller.series.append((started + wall, cpu))
-        return Usage(cpu, wall, poller.peak_pss, poller.peak_rss, hwm, peak, method, started, poller.series, out)
+        return Usage(cpu, wall, poller.peak_pss, poller.peak_rss, hwm, peak, method, started, poller.series, out,
+                     poller.root_series)
     finally:
         for folder in dirs:
             _remove_group(folder)
