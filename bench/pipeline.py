@@ -42,7 +42,7 @@ from cotforge.report import write_report
 from cotforge.sim.server import SimConfig, SimProcess
 from cotforge.store.ledger import Ledger
 from table import print_table  # bench/table.py, beside this script
-from tree import child_env, measure
+from tree import child_env, measure, process_cpu
 
 # Answers that fail validation often enough for about 3 requests per clip with the default re-asking.
 REASK_SIM = {"noise": 0.3, "flip_rate": 0.1, "hard_share": 0.75}
@@ -92,11 +92,12 @@ def run_case(args: argparse.Namespace, workdir: Path) -> list[tuple[str, str]]:
     ]
 
 
-def _proc_cpu(pid: int) -> float:
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _alive_cpu(pid: int) -> float:
+    """CPU seconds of a process that must still be running (the simulator, between its requests)."""
+    cpu = process_cpu(pid)
+    if cpu is None:
+        raise RuntimeError(f"process {pid} exited during the benchmark")
+    return cpu
 
 
 def bundled(args: argparse.Namespace, workdir: Path) -> Path:
@@ -118,13 +119,13 @@ def reask_case(base: Path, workdir: Path, capacity: int, latency_ms: float, code
     sim_cfg = SimConfig(port=0, seed=1, capacity=capacity, latency_ms=latency_ms, log_path=log, **REASK_SIM)
     concurrency = max(64, capacity + capacity // 4)  # the default, or enough to keep C requests in service
     with SimProcess(sim_cfg) as sim:
-        sim_began = _proc_cpu(sim._process.pid)
+        sim_began = _alive_cpu(sim._process.pid)
         usage = measure(
             [sys.executable, "-m", "cotforge.cli", "synth", "--run", str(run), "--teacher-url", sim.url,
              "--model", sim_cfg.model, "--concurrency", str(concurrency), "--set", f"teacher.video_codec={codec}", "-q"],
             env=child_env(), memory=False, interval=0.05,
         )
-        sim_cpu = _proc_cpu(sim._process.pid) - sim_began
+        sim_cpu = _alive_cpu(sim._process.pid) - sim_began
     records = [json.loads(line) for line in log.read_text().splitlines()]
     answered = [r for r in records if r["status"] == 200]
     assert len(answered) == len(records), f"the simulator refused {len(records) - len(answered)} requests"

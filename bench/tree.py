@@ -87,26 +87,36 @@ def _kib(text: str, name: str) -> int | None:
     return next((int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith(name)), None)
 
 
-def _cpu(pid: int) -> float | None:
-    """CPU seconds of one process (user + system, every thread), or None when it is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 onwards), or None when it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def _stat_cpu(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime, every thread
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds of one process (user + system, every thread, not its children), or None when it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else _stat_cpu(fields)
 
 
 def _sample(pid: int) -> tuple[float, int, int, int] | None:
     """(CPU seconds, resident, proportional and peak resident bytes) of one process, or None when it is gone."""
+    fields = _stat(pid)
+    if fields is None:
+        return None
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
         rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICK
+    cpu = _stat_cpu(fields)
     rss = int(fields[21]) * PAGE
     return cpu, rss, _kib(rollup, "Pss:") or rss, _kib(status, "VmHWM:") or rss
 
@@ -131,7 +141,7 @@ class _Poller(threading.Thread):
 
     def sample(self) -> None:
         now = time.time()
-        root = _cpu(self.root)
+        root = process_cpu(self.root)
         if root is not None:
             self.root_series.append((now, root))
         if self.cpu_file is not None and not self.memory:
