@@ -140,14 +140,20 @@ def test_a_manifest_corpus_is_asked_and_judged_on_its_own_scale(tmp_path: Path, 
                              round(float(row["label"]) / 3, 3), row["text"], "train"])
     run = tmp_path / "run"
     log = tmp_path / "sim.jsonl"
-    with SimProcess(SimConfig(port=0, seed=4, noise=0.2, flip_rate=0.0, log_path=log, log_bodies=True, **FAST)) as sim:
+    # A teacher without noise: with the run's scale in the prompt every clip is accepted; with MOSI's
+    # [-3, 3] (the bug) its answers were judged on the wrong range and every clip was rejected.
+    with SimProcess(SimConfig(port=0, seed=4, noise=0.0, flip_rate=0.0, log_path=log, log_bodies=True, **FAST)) as sim:
         cfg = config(manifest, run, sim.url, source={"dataset": "manifest", "root": str(manifest), "label_range": [-1, 1],
                                  "allow_outside_root": True},
                      reask={"samples": 1, "hint": False})
         run_pipeline(cfg, run, quiet=True)
     with Ledger(run / "ledger.sqlite") as ledger:
         counts = ledger.counts().by_state
-    assert counts["accepted"] >= 4, counts  # was rejected wholesale when the prompt said [-3, 3]
+        outcomes = ledger.db.execute("SELECT state, reason FROM clips").fetchall()
+    # Every clip is accepted (it was rejected wholesale when the prompt said [-3, 3]), except the manifest
+    # rows that name a clip already listed, which fail as duplicates.
+    duplicates = [r for s, r in outcomes if s == "failed" and r.startswith("duplicate key")]
+    assert counts["accepted"] == len(outcomes) - len(duplicates) >= 4, outcomes
     prompt = json.dumps([json.loads(line) for line in log.read_text().splitlines()])
     assert "from -1.0 to 1.0" in prompt and "from -3.0 to 3.0" not in prompt
     scale = json.loads((run / "manifest.json").read_text())["scale"]

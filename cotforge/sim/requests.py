@@ -8,7 +8,6 @@ worth its cost: fields vLLM silently ignores since 0.12 (`guided_*`) are flagged
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from collections import Counter, OrderedDict
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from cotforge.sim.config import MODALITIES, SimConfig
 from cotforge.sim.media import (
@@ -312,8 +313,8 @@ def _probe_inline(what: str, payload: str, where: str, probe: bool = True) -> tu
     """(decoded size, probe result) of a base64 payload. A client sends a clip's media again with each
     re-ask of it; on the 2-core machines the load tests run on, decoding and probing it again would take
     the CPU the client under test needs. So results are kept for recent payloads, keyed by a hash of the
-    payload itself (not trusted by its uuid): what is refused is still refused every time."""
-    key = (what, hashlib.sha256(payload.encode()).digest())
+    payload itself (its 128-bit xxh3, not its uuid): what is refused is still refused every time."""
+    key = (what, xxhash.xxh3_128_digest(payload.encode()))
     with _PROBED_LOCK:
         hit = _PROBED.get(key)
         if hit is not None:
