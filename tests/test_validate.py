@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cotforge.dc import ParseResult, Polarity, Rationale, parse_teacher
 from cotforge.types import DATASETS, MOSI_SCALE, SIMS_SCALE, scale_for_range
 from cotforge.validate import (
     NOT_CHECKED,
+    _is_cjk,
+    _letter_counts,
     RULE_NAMES,
     RuleResult,
     ValidateConfig,
@@ -178,6 +182,15 @@ def test_length_bounds_counts_all_prose_fields() -> None:
 )
 def test_language_matches(cfg: ValidateConfig, prose: str, passed: bool) -> None:
     assert language_matches(make(prose=prose), cfg).passed is passed
+
+
+@given(st.text(alphabet=st.characters(codec=None, exclude_categories=("Cs",)), max_size=300)
+       | st.text(alphabet="aZ é日本語の\u3400\U00020001\uf900½²٣_-", max_size=300))
+def test_letter_counts_are_str_isalpha_character_by_character(text: str) -> None:
+    """The rule counts letters with regexes over ASCII and a loop over the rest only; the definition is
+    str.isalpha on every character (ideographs count, digits and numeric signs do not)."""
+    letters = [ch for ch in text if ch.isalpha()]
+    assert _letter_counts(text) == (len(letters), sum(ch.isascii() for ch in letters), sum(map(_is_cjk, letters)))
 
 
 def test_language_check_can_be_off_or_unknown() -> None:
