@@ -176,7 +176,8 @@ def test_a_killed_run_leaves_no_process_behind(sig: signal.Signals, demo, tmp_pa
         command = [sys.executable, "-m", "cotforge.cli", "run", str(path), "--run", str(run), "-q"]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and requests(sim) < 5:  # request 6 hangs and holds the run: the kill comes mid-run
+        # From request 6 the server hangs and holds the run (with whatever is in flight then): the kill comes mid-run.
+        while time.monotonic() < deadline and httpx.get(f"{sim.root}/sim/stats", trust_env=False).json()["outage"] != "active":
             time.sleep(0.1)
         workers = _descendants(proc.pid)
         assert len(workers) >= 2  # the forkserver and its pools are up
