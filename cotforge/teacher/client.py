@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from cotforge.config import TeacherConfig
 from cotforge.stats import Stats
@@ -91,11 +90,31 @@ def _message(err: Exception) -> str:
     return str(err)
 
 
-def _reasoning(message: Any) -> str | None:
+def _reasoning(message: dict[str, Any]) -> str | None:
     """The thinking a reasoning-parser server returns beside the answer (vLLM: `reasoning_content`, newer `reasoning`)."""
-    extra = getattr(message, "model_extra", None) or {}
-    value = extra.get("reasoning_content") or extra.get("reasoning")
+    value = message.get("reasoning_content") or message.get("reasoning")
     return value if isinstance(value, str) and value else None
+
+
+def _choices(completion: Any) -> list[tuple[dict[str, Any], str]]:
+    """(message, finish reason) of each choice of a chat completion's JSON; TeacherCallError naming what is
+    wrong when the body is not one (a proxy's error page, a server that is not OpenAI-compatible)."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(choices, list):  # an empty list is an answer: no samples this time
+        shape = f"keys {sorted(completion)[:8]}" if isinstance(completion, dict) else type(completion).__name__
+        raise TeacherCallError(f"the teacher answered 200 without a list of choices: not a chat completion ({shape})")
+    out = []
+    for index, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str | None):
+            raise TeacherCallError(f"the teacher answered 200 with choice {index} holding no message text: not a chat completion")
+        out.append((message, choice.get("finish_reason") or ""))
+    return out
+
+
+def _count(usage: Any, name: str) -> int | None:
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) else None
 
 
 class TeacherClient:
@@ -304,24 +323,25 @@ class TeacherClient:
 
         The body's JSON (`request.body_json`) is posted as it is (the SDK's documented way to a route
         with its own fields): `chat.completions.create` would send the same JSON, but first walks every
-        message part against its typed parameters, which cost more CPU than all the rest of a request."""
+        message part against its typed parameters, which cost more CPU than all the rest of a request.
+        The answer comes back as its parsed JSON (`cast_to=object`), read by `_response`: the SDK's
+        ChatCompletion model would be built field by field for the few fields read."""
         options = {"headers": headers} if headers else {}
-        with endpoint.lane() as lane:
-            call = asyncio.ensure_future(lane.post("/chat/completions", cast_to=ChatCompletion, content=content, options=options))
-            tripped = asyncio.ensure_future(endpoint.tripped.wait())
-            try:
-                await asyncio.wait([call, tripped], return_when=asyncio.FIRST_COMPLETED)
-            except BaseException:
-                call.cancel()  # this request was cancelled (the run is stopping): so is its HTTP call
-                await asyncio.gather(call, return_exceptions=True)
-                raise
-            finally:
-                tripped.cancel()
-            if call.done():
-                return call.result()
-            call.cancel()
+        call = asyncio.ensure_future(endpoint.client.post("/chat/completions", cast_to=object, content=content, options=options))
+        tripped = asyncio.ensure_future(endpoint.tripped.wait())
+        try:
+            await asyncio.wait([call, tripped], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            call.cancel()  # this request was cancelled (the run is stopping): so is its HTTP call
             await asyncio.gather(call, return_exceptions=True)
-            raise _Stalled
+            raise
+        finally:
+            tripped.cancel()
+        if call.done():
+            return call.result()
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        raise _Stalled
 
     def _refused(self, endpoint: Endpoint, err: openai.APIStatusError) -> Exception:
         message = _message(err)
@@ -336,18 +356,21 @@ class TeacherClient:
         return TeacherCallError(f"teacher refused the request (400): {message}")
 
     def _response(self, completion: Any, latency: float) -> TeacherResponse:
+        """The answer, read from the completion's JSON as it came (see `_send`)."""
+        choices = _choices(completion)
         self.stats.inc("succeeded")
-        usage = completion.usage
-        if usage is not None:
-            self.stats.inc("prompt_tokens", usage.prompt_tokens or 0)
-            self.stats.inc("completion_tokens", usage.completion_tokens or 0)
+        usage = completion.get("usage")
+        prompt_tokens, completion_tokens = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+        self.stats.inc("prompt_tokens", prompt_tokens or 0)
+        self.stats.inc("completion_tokens", completion_tokens or 0)
+        model = completion.get("model")
         return TeacherResponse(
-            reasonings=[_reasoning(choice.message) for choice in completion.choices],
-            contents=[choice.message.content or "" for choice in completion.choices],
-            finish_reasons=[choice.finish_reason or "" for choice in completion.choices],
-            model=completion.model or self.cfg.model,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
+            reasonings=[_reasoning(message) for message, _ in choices],
+            contents=[message.get("content") or "" for message, _ in choices],
+            finish_reasons=[str(finish) for _, finish in choices],
+            model=model if isinstance(model, str) and model else self.cfg.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_s=latency,
         )
 

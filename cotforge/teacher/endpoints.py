@@ -11,22 +11,15 @@ watchdog: requests in flight and no answer of any kind for `teacher.stall_s`, th
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 
 from cotforge.config import TeacherConfig
+from cotforge.teacher.transport import AiohttpTransport
 
-LANE_CONNECTIONS = 16
-"""Connections per HTTP client of an endpoint. httpx's pool looks at every connection it holds (a socket
-poll for each idle one) whenever a request starts or ends; with one client of a hundred connections that
-took more of the event loop than the rest of the request, so an endpoint's connections are split over
-several small clients ("lanes")."""
 PROBE_TIMEOUT_S = 10.0
 PROBE_EVERY_S = (0.5, 5.0)
 """The first probe of a down endpoint comes quickly; later ones back off to the upper bound."""
@@ -49,34 +42,15 @@ class Endpoint:
         self.up = asyncio.Event()
         self.up.set()
         self._probe: asyncio.Task | None = None
-        lanes = -(-(cfg.concurrency + 8) // LANE_CONNECTIONS)
-        tls = httpx.create_ssl_context()  # one for all lanes: making one reads the CA bundle (~50 ms)
-        self.lanes = [self._client(url, cfg, tls) for _ in range(lanes)]
-        self.lane_load = [0] * lanes
-        self.client = self.lanes[0]
-        """For probes and the preflight; requests go to the least busy lane (`lane`)."""
-
-    @staticmethod
-    def _client(url: str, cfg: TeacherConfig, tls: ssl.SSLContext) -> openai.AsyncOpenAI:
-        limits = httpx.Limits(max_connections=LANE_CONNECTIONS, max_keepalive_connections=LANE_CONNECTIONS)
-        return openai.AsyncOpenAI(
+        # The requests' connections plus a few for probes; requests never wait for one (see transport.py).
+        transport = AiohttpTransport(limit=cfg.concurrency + 8, tls=httpx.create_ssl_context())
+        self.client = openai.AsyncOpenAI(
             base_url=url,
             api_key=cfg.resolved_api_key(),
             timeout=httpx.Timeout(cfg.timeout_s, connect=min(10.0, cfg.timeout_s)),
             max_retries=0,
-            http_client=openai.DefaultAsyncHttpxClient(limits=limits, verify=tls),
+            http_client=openai.DefaultAsyncHttpxClient(transport=transport),
         )
-
-    @contextlib.contextmanager
-    def lane(self) -> Iterator[openai.AsyncOpenAI]:
-        """The client with the fewest requests in flight, for one request: with at most `concurrency` in
-        flight over lanes of LANE_CONNECTIONS, a request never waits for a connection behind a busy lane."""
-        index = min(range(len(self.lanes)), key=self.lane_load.__getitem__)
-        self.lane_load[index] += 1
-        try:
-            yield self.lanes[index]
-        finally:
-            self.lane_load[index] -= 1
 
     @property
     def down(self) -> bool:
@@ -86,8 +60,7 @@ class Endpoint:
         if self._probe is not None:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
-        for client in self.lanes:
-            await client.close()
+        await self.client.close()
 
     # --- what requests report ---------------------------------------------------------------------
 
