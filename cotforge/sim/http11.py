@@ -1,15 +1,20 @@
-"""The simulator's HTTP/1.1 server: asyncio streams and h11, so that every fault is a public API call.
+"""The simulator's HTTP/1.1 server: an asyncio Protocol per connection and httptools (llhttp, the parser
+uvicorn serves vLLM with), so that every fault is a public API call.
 
 A simulator must fail the ways a real server does, and some of those are below HTTP: a connection
 closed without an answer, connections refused while the server is down. ASGI has no message for
 either, and reaching into uvicorn's transport for them is reaching into its private state. Owning
-the connection instead makes both one documented call: `StreamWriter.transport.abort()` closes a
-connection unanswered (the client sees a connection error, never a status), and closing the
-listening `asyncio.Server` makes new connections refused until it listens again on the same port.
+the connection instead makes both one documented call: `transport.abort()` closes a connection
+unanswered (the client sees a connection error, never a status), and closing the listening
+`asyncio.Server` makes new connections refused until it listens again on the same port.
 
-Kept small on purpose: keep-alive, Content-Length and chunked request bodies (h11 does the framing),
-one request at a time per connection. A client that hangs up while its request is being handled
-gets that handler cancelled, as vLLM aborts the request of a client that went away.
+Kept small on purpose: keep-alive, Content-Length and chunked request bodies (the parser does the
+framing), one request at a time per connection (a pipelined request waits its turn). A client that
+hangs up while its request is being handled gets that handler cancelled, as vLLM aborts the request
+of a client that went away. Requests carry whole clips (most of a megabyte); the parser hands their
+bytes over as they arrive and they are joined once, so a body costs the event loop little besides
+the kernel's copies (the h11 and StreamReader server this replaced copied each body four times and
+parsed in Python: a third of the simulator's event loop in the load benchmark).
 """
 
 from __future__ import annotations
@@ -18,17 +23,13 @@ import asyncio
 import json
 import sys
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
-import h11
-
-READ_CHUNK = 1 << 20
-"""Bytes asked of a connection at a time. Request bodies carry whole clips (hundreds of KB to MB): read in
-asyncio's 64 KiB default, each body took a dozen trips through the event loop, each pausing and resuming
-the socket's reader, which on a small machine took CPU from the client under test."""
-STREAM_LIMIT = 4 * READ_CHUNK
+import httptools
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +70,13 @@ class HttpServer:
         self.host = host
         self.port = port
         self._listener: asyncio.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        self._connections: set[_Connection] = set()
 
     async def listen(self) -> None:
         """Accept connections; port 0 binds a free port, which `port` then holds (and a later listen reuses)."""
         # SO_REUSEADDR (asyncio's default on POSIX) lets a server that stopped listening bind its port again.
-        self._listener = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True, limit=STREAM_LIMIT)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(lambda: _Connection(self), self.host, self.port, reuse_address=True)
         self.port = self._listener.sockets[0].getsockname()[1]
 
     def stop_listening(self) -> None:
@@ -85,58 +87,14 @@ class HttpServer:
 
     def drop_connections(self) -> None:
         """Close every open connection without a word; their handlers are cancelled."""
-        for writer in list(self._connections):
-            writer.transport.abort()
+        for connection in list(self._connections):
+            connection.abort()
 
     def close(self) -> None:
         self.stop_listening()
         self.drop_connections()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = h11.Connection(h11.SERVER)
-        self._connections.add(writer)
-        try:
-            while True:
-                request = await _read_request(connection, reader)
-                if request is None:
-                    return
-                response = await self._answer(request, connection, reader)
-                if response is None:
-                    writer.transport.abort()
-                    return
-                writer.write(_encode(connection, response))
-                await writer.drain()
-                if connection.our_state is not h11.DONE or connection.their_state is not h11.DONE:
-                    return
-                connection.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            if connection.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                writer.write(_encode(connection, Response.text(f"bad request: {exc}", exc.error_status_hint)))
-        except ConnectionError:
-            pass
-        finally:
-            self._connections.discard(writer)
-            writer.close()
-
-    async def _answer(self, request: Request, connection: h11.Connection, reader: asyncio.StreamReader) -> Response | None:
-        """The handler's response, or None when it drops the connection or the client hangs up first."""
-        task = asyncio.ensure_future(self._call(request))
-        while True:
-            watch = asyncio.ensure_future(reader.read(READ_CHUNK))
-            await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-            watch.cancel()
-            await asyncio.wait((watch,))  # a read must be over before the next one starts
-            data = None if watch.cancelled() else _received(watch)
-            if data is not None:
-                connection.receive_data(data)
-            if task.done():
-                return task.result()
-            if data == b"":
-                task.cancel()
-                await asyncio.wait((task,))
-                return None
-
-    async def _call(self, request: Request) -> Response | None:
+    async def call(self, request: Request) -> Response | None:
         try:
             return await self.handler(request)
         except Exception:  # a bug in a handler is a 500 with the traceback on stderr, not a dead server
@@ -144,38 +102,108 @@ class HttpServer:
             return Response.json({"error": {"message": "internal error of the simulator", "code": 500}}, status=500)
 
 
-async def _read_request(connection: h11.Connection, reader: asyncio.StreamReader) -> Request | None:
-    """The next whole request on the connection, or None once the client has closed it."""
-    head: h11.Request | None = None
-    body = bytearray()
-    while True:
-        event = connection.next_event()
-        if event is h11.NEED_DATA:
-            connection.receive_data(await reader.read(READ_CHUNK))
-        elif isinstance(event, h11.Request):
-            head = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage) and head is not None:
-            target = head.target.decode("latin-1")
-            headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
-            return Request(head.method.decode("ascii"), target.split("?", 1)[0], headers, bytes(body))
-        else:
-            return None
+class _Connection(asyncio.Protocol):
+    """One client connection: the parser's callbacks collect each request; requests are answered in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.waiting: deque[tuple[Request, bool]] = deque()
+        self.task: asyncio.Task | None = None
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+
+    # --- the connection --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request: protocol upgrades are not served")
+        except httptools.HttpParserError as exc:
+            self._refuse(HTTPStatus.BAD_REQUEST, f"bad request: {exc}")
+
+    def eof_received(self) -> bool:
+        """The client hung up (or half-closed, which no HTTP/1.1 client does mid-request): close, and any
+        request in progress is cancelled by `connection_lost`."""
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._connections.discard(self)
+        self.waiting.clear()
+        if self.task is not None:
+            self.task.cancel()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- the parser's callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url, self.headers, self.body = b"", {}, []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method().decode("ascii")
+        target = self.url.decode("latin-1").split("?", 1)[0]
+        request = Request(method, target, self.headers, b"".join(self.body))
+        self.body = []
+        self.waiting.append((request, self.parser.should_keep_alive()))
+        if self.task is None:
+            self._next()
+
+    # --- answering -------------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        request, keep_alive = self.waiting.popleft()
+        self.task = asyncio.ensure_future(self._answer(request, keep_alive))
+
+    async def _answer(self, request: Request, keep_alive: bool) -> None:
+        response = await self.server.call(request)
+        self.task = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if response is None:
+            self.transport.abort()
+            return
+        self.transport.write(_encode(response, keep_alive))
+        if not keep_alive:
+            self.transport.close()
+        elif self.waiting:
+            self._next()
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        """A request the parser cannot read: answered with `status` (unless one is being handled) and closed."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.task is None:
+            self.transport.write(_encode(Response.text(message, status), keep_alive=False))
+        self.transport.close()
 
 
-def _received(read: asyncio.Future[bytes]) -> bytes:
-    """What a finished read brought; a reset connection reads as the end of the stream."""
+def _encode(response: Response, keep_alive: bool) -> bytes:
     try:
-        return read.result()
-    except ConnectionError:
-        return b""
-
-
-def _encode(connection: h11.Connection, response: Response) -> bytes:
-    headers = [*response.headers, ("content-length", str(len(response.body)))]
-    events: list[h11.Event] = [h11.Response(status_code=response.status, headers=headers)]
-    if response.body:
-        events.append(h11.Data(data=response.body))
-    events.append(h11.EndOfMessage())
-    return b"".join(connection.send(event) or b"" for event in events)
+        reason = HTTPStatus(response.status).phrase
+    except ValueError:
+        reason = ""
+    lines = [f"HTTP/1.1 {response.status} {reason}"]
+    lines += [f"{name}: {value}" for name, value in response.headers]
+    lines.append(f"content-length: {len(response.body)}")
+    if not keep_alive:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
