@@ -14,13 +14,15 @@
    whole process tree (a cgroup, or /proc polling): client CPU per request between the first request
    and the last answer, media muxing and its workers included; and the synth process's own share (its
    event loop and threads), which one core bounds. The simulator's own CPU per request
-   is shown beside it: on a small machine it shares the same cores.
+   is shown beside it: on a small machine it shares the same cores. 800 dataset rows (640 clips judged,
+   about 2,100 requests) keep the run at C=64 several seconds past its first half-second, in which the
+   first clips' media are still being muxed; with half as many that ramp weighed on the steady figure.
 
 The default server of case 1 (C=16, L=2 s: 8 clips/s) is several times faster than a real
 Qwen3-Omni-30B on one H100 (about 1 request/s at concurrency 10), so the bound is generous.
 
 Usage: python bench/pipeline.py [--clips 320] [--capacity 16] [--latency-ms 2000]
-                                [--reask-clips 400] [--reask-capacity 8 64] [--reask-latency-ms 200]
+                                [--reask-clips 800] [--reask-capacity 8 64] [--reask-latency-ms 200]
                                 [--codec h264 mjpeg] [--no-run] [--no-reask] [--workdir DIR]
 """
 
@@ -104,7 +106,7 @@ def bundled(args: argparse.Namespace, workdir: Path) -> Path:
     """A run folder with `--reask-clips` clips bundled (made once; each case works on a copy)."""
     base = workdir / f"bundled-{args.reask_clips}"
     if not (base / "ledger.sqlite").exists():
-        data = workdir / "data-reask"
+        data = workdir / f"data-reask-{args.reask_clips}"  # a dataset of another size is another folder
         if not (data / "demo.json").exists():
             make_demo_dataset(data, "mosi", args.reask_clips, seed=23, min_seconds=2.0, max_seconds=8.0)
         cfg = BundleConfig.model_validate({"source": {"dataset": "mosi", "root": str(data)}})
@@ -193,7 +195,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=320)
     parser.add_argument("--capacity", type=int, default=16)
     parser.add_argument("--latency-ms", type=float, default=2000.0)
-    parser.add_argument("--reask-clips", type=int, default=400)
+    parser.add_argument("--reask-clips", type=int, default=800)
     parser.add_argument("--reask-capacity", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--reask-latency-ms", type=float, default=200.0)
     parser.add_argument("--codec", nargs="+", choices=["h264", "mjpeg"], default=["h264", "mjpeg"])
