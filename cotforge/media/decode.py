@@ -22,6 +22,7 @@ import numpy as np
 
 from cotforge.config import MediaConfig
 from cotforge.media.encode import FlacWriter, FrameEncoder, content_hash
+from cotforge.media.resample import MonoResampler
 from cotforge.types import Bundle, ClipRef
 
 # A stream that ends this much before its declared end is truncated, not merely rounded.
@@ -103,7 +104,7 @@ class _AudioTrack:
         self.rate = rate
         self.start = start
         # Output in chunks of a second: the samples are the same, the Python calls per second fewer.
-        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=rate, frame_size=rate)
+        self.resampler = MonoResampler(rate, frame_size=rate)
         self.wanted = max(0, int(round((audio_end - start) * rate)))
         self.flac = FlacWriter(rate)
         self.skip: int | None = None  # samples of the stream still to drop before `start`
