@@ -314,14 +314,17 @@ def test_plan_estimates_what_the_server_counts(demo, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_without_repeating_a_teacher_call(demo, tmp_path: Path) -> None:
-    """Deterministic: the teacher hangs from its 5th request on, so the run cannot finish before Ctrl-C."""
+    """Deterministic: a teacher without noise answers each clip in one request and hangs from its 5th request
+    on, so four clips are judged and the run cannot finish before Ctrl-C. (With noise, re-asks could spend
+    the four answers on one clip, and the wait below for two judged clips ran out.)"""
     import signal
 
     import yaml
 
     run = tmp_path / "run"
     log = tmp_path / "sim.jsonl"
-    with SimProcess(SimConfig(port=0, seed=12, outage_at=5, outage_mode="hang", log_path=log, **FAST)) as sim:
+    with SimProcess(SimConfig(port=0, seed=12, noise=0.0, flip_rate=0.0, outage_at=5, outage_mode="hang", log_path=log,
+                              **FAST)) as sim:
         cfg = pipeline(demo.root, run, sim.url, teacher={"concurrency": 2, "stall_s": 600})
         path = tmp_path / "p.yaml"
         path.write_text(yaml.safe_dump(cfg.public_dump()))
