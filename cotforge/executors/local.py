@@ -2,8 +2,10 @@
 
 One event loop on one thread drives everything: it reads the source (a thread hop per row), keeps
 at most `exec.queue_size` clips decoding in a process pool, hands bundles to at most
-`teacher.concurrency + 2 x teacher.media_workers` clips in the teacher step through a bounded
-queue, and records every result through the bookkeeping step. When the teacher is the
+`teacher.concurrency` plus max(2 x teacher.media_workers, concurrency / 4) clips in the teacher step
+through a bounded queue (the clips beyond the concurrency have their media muxed while they wait for
+a request slot, so a slot freed when many clips finish at once is not left waiting on the media
+workers), and records every result through the bookkeeping step. When the teacher is the
 bottleneck, decoding waits (backpressure), so memory is bounded by those limits and never grows
 with the dataset. Only scheduling lives here; what happens to a clip is the steps' business.
 """
@@ -187,7 +189,8 @@ class LocalExecutor:
                 books.retarget(cfg.teacher.splits, cfg.judge_fingerprint())
                 waiting, total = books.waiting()
                 teacher_task = progress.add_task("teacher", total=total, info="")
-                limit = cfg.teacher.concurrency * max(1, len(cfg.teacher.endpoints)) + 2 * cfg.teacher.media_workers
+                # past the concurrency, clips get their media ready while they wait for a slot (see the docstring)
+                limit = cfg.teacher.concurrency * max(1, len(cfg.teacher.endpoints)) + max(2 * cfg.teacher.media_workers, cfg.teacher.concurrency // 4)
                 queue = asyncio.Queue(maxsize=max(2, cfg.teacher.concurrency))
                 consumers = [asyncio.create_task(self._teach(step, client, books, queue, progress, teacher_task)) for _ in range(limit)]
                 producers.append(asyncio.create_task(self._feed(_iterate(waiting), queue)))
