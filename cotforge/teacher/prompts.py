@@ -42,11 +42,15 @@ def _folders(prompt_dir: Path | None) -> list[Path]:
 
 @cache
 def _env(prompt_dir: Path | None = None) -> jinja2.Environment:
+    # Templates are read once per process, as `prompt_version` hashes them once: a template edited during
+    # a run must not be rendered under the version of the one it replaced (and jinja's auto-reload
+    # stat()ed both files on every request).
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(folder) for folder in _folders(prompt_dir)]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         autoescape=False,
+        auto_reload=False,
     )
 
 
