@@ -9,13 +9,13 @@ copies the bundle's JPEGs and costs a few ms; x264 and AAC cost tens.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 from fractions import Fraction
 
 import av
 import numpy as np
+import pybase64
 from PIL import Image
 
 from cotforge.media.encode import flac_to_pcm
@@ -111,5 +111,7 @@ def wav_bytes(audio_flac: bytes) -> bytes:
     return buf.getvalue()
 
 
-def data_url(mime: str, data: bytes) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+def data_url(mime: str, data: bytes) -> bytes:
+    """A base64 data URL as ASCII bytes (see `request.PayloadText.of_ascii`). pybase64 (SIMD): the standard
+    encoder took about a millisecond of a media worker per megabyte, once per clip."""
+    return b"".join((b"data:", mime.encode("ascii"), b";base64,", pybase64.b64encode(data)))
