@@ -112,3 +112,17 @@ def test_token_rules_match_the_processors() -> None:
     assert QWEN25_OMNI.audio_tokens(10.0) == 250
     # 3 s clip measured on a real vLLM server: 301 mel frames -> 75 audio tokens (Qwen2.5-Omni)
     assert QWEN25_OMNI.audio_tokens(3.01) == 75
+
+
+def test_a_template_edited_mid_run_is_not_rendered_under_the_old_version(tmp_path) -> None:
+    """prompt_version hashes a prompt_dir's templates once per process, so rendering must read them once too:
+    a request is never built from one text and cached under the hash of another."""
+    from cotforge.resources import resource_dir
+
+    for name in ("system.en.j2", "teacher_dc.en.j2"):
+        (tmp_path / name).write_bytes((resource_dir("prompts") / name).read_bytes())
+    version = prompt_version("en", tmp_path)
+    system, instruction = render_teacher("a line", "en", MOSI_SCALE, prompt_dir=tmp_path)
+    (tmp_path / "system.en.j2").write_text("an edited system prompt", encoding="utf-8")
+    assert prompt_version("en", tmp_path) == version
+    assert render_teacher("a line", "en", MOSI_SCALE, prompt_dir=tmp_path) == (system, instruction)
