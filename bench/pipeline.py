@@ -8,9 +8,11 @@
    answers fail validation often (hard clips and flipped polarities: about 3 requests per clip with
    the default 3 samples + a hinted attempt), at each capacity C of `--reask-capacity` (default 8 and
    64), service time L = `--latency-ms`, for each codec of `--codec`. From the simulator's own request
-   log (a proxy would take CPU beside it): requests/s over the steady part of the run / C/L (target
-   >= 0.95), and the start-up (command start to first request) and the tail (from the last moment
-   the server had C requests in service to the last answer) separately. From the synth command's
+   log (a proxy would take CPU beside it): requests/s over the steady part of the run (from the first
+   moment the server had C requests in service to the last, dips between them included) / C/L
+   (target >= 0.95), and separately the start-up (command start to first request), the ramp (first
+   request to C in service), the tail (the last moment C were in service to the last answer) and
+   requests/s from the first request to the last answer. From the synth command's
    whole process tree (a cgroup, or /proc polling): client CPU per request between the first request
    and the last answer, media muxing and its workers included; and the synth process's own share (its
    event loop and threads), which one core bounds. The simulator's own CPU per request
@@ -137,16 +139,17 @@ def reask_case(base: Path, workdir: Path, capacity: int, latency_ms: float, code
     latency = latency_ms / 1000
     arrivals = sorted(r["time"] for r in answered)
     done = sorted(r["time"] + r["latency_ms"] / 1000 for r in answered)
-    first, last_sent, last_done = arrivals[0], arrivals[-1], done[-1]
-    # steady: from the first answer the server could give to the last request sent
-    window = (first + latency, last_sent)
-    steady = sum(window[0] <= t <= window[1] for t in done) / max(window[1] - window[0], 1e-9)
-    # tail: from the last moment C requests were in service (each for L before its answer) to the last answer
+    first, last_done = arrivals[0], done[-1]
+    # The server is full when C requests are in service (each for L before its answer). Steady: from the
+    # first moment it is full to the last, dips between them included; before it is the start-up (the
+    # command's start, then the ramp while the first clips' media are muxed), after it the tail.
     starts = sorted(t - latency for t in done)
-    full_until = None
-    for i, t in enumerate(done):  # in service just before the i-th answer: started before it, not yet answered
-        if bisect.bisect_left(starts, t) - i >= capacity:
-            full_until = t
+    full = [t for i, t in enumerate(done) if bisect.bisect_left(starts, t) - i >= capacity]  # in service just before it
+    full_from, full_until = (full[0], full[-1]) if full else (None, None)
+    if full_from is not None and full_until > full_from:
+        steady = sum(full_from < t <= full_until for t in done) / (full_until - full_from)
+    else:
+        steady = 0.0
     requests = len(answered)
     return {
         "clips": clips,
@@ -156,6 +159,8 @@ def reask_case(base: Path, workdir: Path, capacity: int, latency_ms: float, code
         "overall": requests / (last_done - first),
         "startup": first - usage.started,
         "startup_cpu": usage.cpu_at(first),
+        "ramp": None if full_from is None else full_from - first,
+        "steady_seconds": 0.0 if full_from is None else full_until - full_from,
         "tail": None if full_until is None else last_done - full_until,
         "shutdown": usage.started + usage.wall - last_done,
         "cpu_per_request": (usage.cpu_at(last_done) - usage.cpu_at(first)) / requests * 1000,
@@ -176,12 +181,15 @@ def reask_rows(args: argparse.Namespace, workdir: Path) -> list[tuple[str, str]]
             r = reask_case(base, workdir, capacity, args.reask_latency_ms, codec)
             rows += [
                 (f"C={capacity}, {codec}: clips, requests (per clip)", f"{r['clips']}, {r['requests']} ({r['requests'] / r['clips']:.2f})"),
-                ("  requests/s steady / C/L (simulator's log)", f"{r['steady'] / r['ideal']:.3f}x of {r['ideal']:.0f} req/s  (target >= 0.95)"),
+                ("  requests/s steady / C/L (simulator's log)",
+                 f"{r['steady'] / r['ideal']:.3f}x of {r['ideal']:.0f} req/s over {r['steady_seconds']:.1f} s  (target >= 0.95)"),
                 ("  requests/s first request to last answer / C/L", f"{r['overall'] / r['ideal']:.3f}x"),
                 ("  client CPU per request, muxing included", f"{r['cpu_per_request']:.1f} ms  (whole tree, {r['method']})"),
                 ("    of which the synth process (its event loop)",
                  f"{r['loop_cpu_per_request']:.1f} ms  (one core: {1000 / max(r['loop_cpu_per_request'], 1e-9):.0f} req/s at most)"),
                 ("  start-up: command start to first request", f"{r['startup']:.1f} s ({r['startup_cpu']:.1f} CPU s)"),
+                ("  ramp: first request to C in service",
+                 f"{r['ramp']:.2f} s" if r["ramp"] is not None else "(never C in service)"),
                 ("  tail: server below C to last answer; then exit",
                  f"{r['tail']:.2f} s; {r['shutdown']:.2f} s" if r["tail"] is not None
                  else f"(never C in service); {r['shutdown']:.2f} s"),
