@@ -130,6 +130,12 @@ def test_a_body_is_posted_as_its_json_with_each_payload_escaped_once(row: dict) 
         assert len(pickle.dumps(sent)) < len(sent.data.json) + 200  # the JSON form only, not the text beside it
     with pytest.raises(ValueError, match="needs escaping"):
         PayloadText.of_ascii(str(odd))
+    with pytest.raises(ValueError, match="needs escaping"):
+        PayloadText.of_ascii(b'data:video/mp4;base64,"')
+    with pytest.raises(UnicodeDecodeError):  # bytes are taken as ASCII only: nothing JSON would have to escape
+        PayloadText.of_ascii("caf\u00e9".encode())
+    as_bytes = PayloadText.of_ascii(b"data:video/mp4;base64,AAAA")
+    assert as_bytes == PayloadText.of_ascii("data:video/mp4;base64,AAAA") and as_bytes.json == b'"data:video/mp4;base64,AAAA"'
     # any body a caller posts: one message with text content, or a payload in the only message
     plain = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert json.loads(body_json(plain)) == plain
