@@ -39,14 +39,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from cotforge.config import BundleConfig, PipelineConfig
-from cotforge.demo.writer import make_demo_dataset
-from cotforge.executors.local import run_bundle, run_pipeline
-from cotforge.report import write_report
-from cotforge.sim.server import SimConfig, SimProcess
-from cotforge.store.ledger import Ledger
 from table import print_table  # bench/table.py, beside this script
 from tree import child_env, measure, process_cpu
+
+if __name__ == "__main__":
+    # Only where the bench runs: a pool worker of case 1 (which runs `run_pipeline` in this process) starts
+    # through the forkserver and first re-runs this script as `__mp_main__` (multiprocessing's main fix-up),
+    # and these imports cost it 1-2 s of start-up that a worker of `cotforge run` from the CLI does not pay.
+    from cotforge.config import BundleConfig, PipelineConfig
+    from cotforge.demo.writer import make_demo_dataset
+    from cotforge.executors.local import run_bundle, run_pipeline
+    from cotforge.report import write_report
+    from cotforge.sim.server import SimConfig, SimProcess
+    from cotforge.store.ledger import Ledger
 
 # Answers that fail validation often enough for about 3 requests per clip with the default re-asking.
 REASK_SIM = {"noise": 0.3, "flip_rate": 0.1, "hard_share": 0.75}
