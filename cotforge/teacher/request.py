@@ -144,11 +144,11 @@ class PayloadText(str):
         its JSON form is the text in quotes, made by copying instead of scanning for what to escape. Given
         as bytes (base64 as its encoder returns it), the JSON form is made from them in one copy and the
         text decoded from it: a megabyte payload is copied twice, not five times."""
-        if ('"' in text or "\\" in text) if isinstance(text, str) else (b'"' in text or b"\\" in text):
+        raw = text.encode() if isinstance(text, str) else text
+        if b'"' in raw or b"\\" in raw:
             raise ValueError("a payload with a quote or a backslash needs escaping: use PayloadText(text)")
-        raw = text.encode("ascii") if isinstance(text, str) else text
         literal = b"".join((b'"', raw, b'"'))
-        payload = cls(memoryview(literal)[1:-1], "ascii")  # bytes past ASCII raise UnicodeDecodeError
+        payload = cls(memoryview(literal)[1:-1], "ascii")  # anything past ASCII raises a UnicodeDecodeError
         payload.__dict__["_json"] = literal
         return payload
 
